@@ -1,0 +1,49 @@
+"""Data layer: dataset schemas, validated CSV reading, feature encoding and partitioning.
+
+A hospital brings its own CSV and a schema file; everything that shapes the features comes from
+the schema, so all hospitals share one feature layout.
+"""
+
+from common.data.features import (
+    ICD9_GROUPS,
+    FeatureEncoder,
+    column_feature_names,
+    icd9_group,
+    patient_ids,
+)
+from common.data.partition import (
+    home_values,
+    partition,
+    split_by_patient,
+    write_partitions,
+)
+from common.data.reader import parse_frame, read_csv, read_raw
+from common.data.schema import (
+    ColumnSpec,
+    Schema,
+    TargetRule,
+    bundled_schema_names,
+    load_schema,
+    parse_schema,
+)
+
+__all__ = [
+    "ICD9_GROUPS",
+    "ColumnSpec",
+    "FeatureEncoder",
+    "Schema",
+    "TargetRule",
+    "bundled_schema_names",
+    "column_feature_names",
+    "home_values",
+    "icd9_group",
+    "load_schema",
+    "parse_frame",
+    "parse_schema",
+    "partition",
+    "patient_ids",
+    "read_csv",
+    "read_raw",
+    "split_by_patient",
+    "write_partitions",
+]

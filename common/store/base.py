@@ -1,0 +1,58 @@
+"""The Store seam: where ciphertext blobs and run state live ("the Drive").
+
+Keys are relative, slash-separated paths such as ``runs/r1/round-0001/update-h1.blob``.
+``put`` is atomic and idempotent (a reader never sees a partial blob); ``get`` raises
+``BlobNotFoundError`` for an absent key. The store is untrusted: readers check every blob
+against the SHA-256 carried in the signed message that names it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Final, Protocol
+
+from common.errors import StoreError
+
+_KEY_PART: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class Store(Protocol):
+    """A flat namespace of immutable-ish blobs addressed by key."""
+
+    def put(self, key: str, data: bytes) -> None: ...
+
+    def get(self, key: str) -> bytes: ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def list(self, prefix: str = "") -> list[str]: ...
+
+    def delete(self, key: str) -> None: ...
+
+
+def check_key(key: str) -> str:
+    """Reject keys that could escape the store's root or confuse a backend."""
+    parts = key.split("/")
+    if not key or any(not _KEY_PART.match(part) for part in parts):
+        raise StoreError(
+            f"invalid store key {key!r}: use slash-separated parts of letters, digits, '.', '_', "
+            "'-' (not starting with '.' or '-')"
+        )
+    return key
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def get_verified(store: Store, key: str, expected_sha256: str) -> bytes:
+    """Fetch a blob and check it against the digest from the message that named it."""
+    data = store.get(key)
+    actual = sha256_hex(data)
+    if actual != expected_sha256:
+        raise StoreError(
+            f"blob {key}: sha256 {actual[:16]}... does not match the announced "
+            f"{expected_sha256[:16]}... (corrupted or replaced in the store)"
+        )
+    return data

@@ -1,0 +1,237 @@
+"""The coordinator's round state machine: pure functions over frozen dataclasses.
+
+Nothing here does I/O. The service (``coordinator.service``) feeds messages and the clock in and
+carries out what these functions decide, so every transition is tested without a broker or store.
+
+Metrics arrive one round late by design: a hospital evaluates the global model it receives at
+the start of round r (the model produced by round r-1) before training on it. A round's record
+therefore gets its hold-out metrics when the next round closes, or from the final reports.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Final, Literal
+
+from common.errors import ConfigError, ProtocolError
+
+Phase = Literal["round", "final", "done", "failed"]
+METRIC_NAMES: Final = ("auc", "accuracy", "loss")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunPlan:
+    """What the coordinator was asked to run; validated once."""
+
+    run: str
+    rounds: int
+    hospitals: tuple[str, ...]
+    min_hospitals: int
+    round_timeout: float
+    final_timeout: float
+    config_digest: str
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise ConfigError(f"rounds must be >= 1, got {self.rounds}")
+        if not self.hospitals or len(set(self.hospitals)) != len(self.hospitals):
+            raise ConfigError(f"hospitals must be distinct and non-empty: {self.hospitals}")
+        if not 1 <= self.min_hospitals <= len(self.hospitals):
+            raise ConfigError(
+                f"min_hospitals must be within 1..{len(self.hospitals)}, got {self.min_hospitals}"
+            )
+        if self.round_timeout <= 0 or self.final_timeout <= 0:
+            raise ConfigError("timeouts must be positive")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Accepted:
+    hospital: str
+    blob_ref: str
+    sha256: str
+    size: int
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoundRecord:
+    """A closed round: who contributed, what it cost, and (later) how good its model is."""
+
+    round: int
+    accepted: tuple[str, ...]
+    failed: tuple[str, ...]
+    seconds: float
+    bytes_uploaded: int
+    train_loss: float | None
+    aggregate_ref: str
+    aggregate_sha256: str
+    model_metrics: dict[str, float] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunState:
+    run: str
+    phase: Phase
+    round: int
+    started_at: float
+    deadline: float
+    accepted: tuple[Accepted, ...] = ()
+    failed: tuple[str, ...] = ()
+    final_reports: tuple[tuple[str, dict[str, float]], ...] = ()
+    history: tuple[RoundRecord, ...] = ()
+    rejected: dict[str, int] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def global_ref(self) -> tuple[str, str] | None:
+        """The aggregate hospitals start the current round from (None: initial weights)."""
+        if not self.history:
+            return None
+        last = self.history[-1]
+        return last.aggregate_ref, last.aggregate_sha256
+
+    @property
+    def accepted_hospitals(self) -> tuple[str, ...]:
+        return tuple(entry.hospital for entry in self.accepted)
+
+
+def new_run(plan: RunPlan, now: float) -> RunState:
+    return RunState(
+        run=plan.run, phase="round", round=1, started_at=now, deadline=now + plan.round_timeout
+    )
+
+
+def judge_submission(plan: RunPlan, state: RunState, run: str, round_: int, hospital: str) -> str:
+    """Return "" to accept, or the reason a submission must be rejected."""
+    if run != plan.run:
+        return "other-run"
+    if hospital not in plan.hospitals:
+        return "unknown-hospital"
+    if state.phase != "round" or round_ < state.round:
+        return "late"
+    if round_ > state.round:
+        return "future-round"
+    if hospital in state.accepted_hospitals or hospital in state.failed:
+        return "duplicate"
+    return ""
+
+
+def with_rejection(state: RunState, reason: str) -> RunState:
+    counters = dict(state.rejected)
+    counters[reason] = counters.get(reason, 0) + 1
+    return replace(state, rejected=counters)
+
+
+def with_accepted(state: RunState, entry: Accepted) -> RunState:
+    return replace(state, accepted=(*state.accepted, entry))
+
+
+def with_failed(state: RunState, hospital: str) -> RunState:
+    return replace(state, failed=(*state.failed, hospital))
+
+
+def round_decision(plan: RunPlan, state: RunState, now: float) -> Literal["wait", "close", "fail"]:
+    """Close when everyone answered or the deadline passed with a quorum; fail without one."""
+    if state.phase != "round":
+        return "wait"
+    answered = len(state.accepted) + len(state.failed)
+    quorum = len(state.accepted) >= plan.min_hospitals
+    if answered >= len(plan.hospitals) or now >= state.deadline:
+        return "close" if quorum else "fail"
+    return "wait"
+
+
+def mean_metrics(reports: list[dict[str, float]]) -> dict[str, float] | None:
+    """Unweighted mean over hospitals (the coordinator never learns dataset sizes)."""
+    out: dict[str, float] = {}
+    for name in METRIC_NAMES:
+        values = [r[name] for r in reports if name in r and math.isfinite(r[name])]
+        if values:
+            out[name] = sum(values) / len(values)
+    return out or None
+
+
+def close_round(
+    plan: RunPlan, state: RunState, *, aggregate_ref: str, aggregate_sha256: str, now: float
+) -> RunState:
+    """Record the round, attach the metrics its submissions carried to the previous round."""
+    losses = [a.metrics["train_loss"] for a in state.accepted if "train_loss" in a.metrics]
+    record = RoundRecord(
+        round=state.round,
+        accepted=state.accepted_hospitals,
+        failed=state.failed,
+        seconds=now - state.started_at,
+        bytes_uploaded=sum(a.size for a in state.accepted),
+        train_loss=sum(losses) / len(losses) if losses else None,
+        aggregate_ref=aggregate_ref,
+        aggregate_sha256=aggregate_sha256,
+    )
+    history = list(state.history)
+    if history:
+        history[-1] = replace(
+            history[-1], model_metrics=mean_metrics([a.metrics for a in state.accepted])
+        )
+    history.append(record)
+    last = state.round >= plan.rounds
+    timeout = plan.final_timeout if last else plan.round_timeout
+    return replace(
+        state,
+        phase="final" if last else "round",
+        round=state.round if last else state.round + 1,
+        started_at=now,
+        deadline=now + timeout,
+        accepted=(),
+        failed=(),
+        history=tuple(history),
+    )
+
+
+def fail_run(state: RunState, error: str) -> RunState:
+    return replace(state, phase="failed", error=error)
+
+
+def with_final_report(
+    plan: RunPlan, state: RunState, hospital: str, metrics: dict[str, float]
+) -> RunState:
+    if state.phase != "final" or hospital not in plan.hospitals:
+        raise ProtocolError(f"final report from {hospital} outside the final phase")
+    if any(h == hospital for h, _ in state.final_reports):
+        return state
+    return replace(state, final_reports=(*state.final_reports, (hospital, dict(metrics))))
+
+
+def final_decision(plan: RunPlan, state: RunState, now: float) -> bool:
+    """True when the run can be declared done (all reports in, or the final deadline passed)."""
+    return state.phase == "final" and (
+        len(state.final_reports) >= len(plan.hospitals) or now >= state.deadline
+    )
+
+
+def finish_run(state: RunState) -> RunState:
+    history = list(state.history)
+    if history:
+        history[-1] = replace(
+            history[-1], model_metrics=mean_metrics([m for _, m in state.final_reports])
+        )
+    return replace(state, phase="done", history=tuple(history))
+
+
+def to_json(state: RunState) -> bytes:
+    return json.dumps(asdict(state), sort_keys=True, indent=1).encode()
+
+
+def from_json(data: bytes) -> RunState:
+    try:
+        raw: dict[str, Any] = json.loads(data)
+        raw["accepted"] = tuple(Accepted(**a) for a in raw["accepted"])
+        raw["failed"] = tuple(raw["failed"])
+        raw["final_reports"] = tuple((h, m) for h, m in raw["final_reports"])
+        raw["history"] = tuple(
+            RoundRecord(**{**r, "accepted": tuple(r["accepted"]), "failed": tuple(r["failed"])})
+            for r in raw["history"]
+        )
+        return RunState(**raw)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ProtocolError(f"persisted coordinator state is unreadable: {exc}") from exc

@@ -1,0 +1,195 @@
+"""The embedded deployment: a coordinator and N hospitals in one process.
+
+The same Coordinator and Hospital classes as the real deployment, wired to the in-memory
+transport and a local-directory store. ``run_federated`` runs one federated run with any
+cipher/aggregator pair, so encrypted and plaintext FedAvg share one code path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.crypto import HEConfig
+from common.data import FeatureEncoder, Schema, load_schema, partition, read_csv, split_by_patient
+from common.errors import HeflError
+from common.model import ModelConfig, initial_weights
+from common.store import LocalStore
+from common.transport import InMemoryTransport
+from coordinator.service import Aggregator, Coordinator
+from coordinator.state import RoundRecord, RunPlan, RunState
+from hospital_node.service import Cipher, Hospital, LocalData
+from hospital_node.training import LocalTrainer
+
+logger = logging.getLogger("hefl.simulation")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SimulationConfig:
+    """Everything one embedded run needs; validated by the CLI before it gets here."""
+
+    csv: Path
+    schema: str = "diabetes130"
+    hospitals: int = 4
+    partition: str = "dirichlet"
+    alpha: float = 0.5
+    column: str | None = None
+    rounds: int = 10
+    seed: int = 42
+    test_fraction: float = 0.2
+    min_hospitals: int | None = None
+    model: ModelConfig = field(default_factory=ModelConfig)
+    he: HEConfig = field(default_factory=HEConfig)
+    out: Path = Path("out/demo")
+
+
+@dataclass(frozen=True, eq=False)
+class Cohort:
+    """The simulated hospitals' encoded data, plus the pooled test set used for comparisons."""
+
+    names: tuple[str, ...]
+    data: tuple[LocalData, ...]
+    n_features: int
+    layout_digest: str
+
+    @property
+    def pooled_test(self) -> tuple[np.ndarray, np.ndarray]:
+        return (
+            np.concatenate([d.x_test for d in self.data]),
+            np.concatenate([d.y_test for d in self.data]),
+        )
+
+    @property
+    def pooled_train(self) -> tuple[np.ndarray, np.ndarray]:
+        return (
+            np.concatenate([d.x_train for d in self.data]),
+            np.concatenate([d.y_train for d in self.data]),
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class FederatedResult:
+    weights: np.ndarray
+    rounds: tuple[RoundRecord, ...]
+    seconds: float
+    bytes_uploaded: int
+    summary: dict[str, Any]
+
+
+def load_cohort(config: SimulationConfig) -> Cohort:
+    """Read one CSV, split it into hospitals, split each by patient into train and test."""
+    schema: Schema = load_schema(config.schema)
+    frame = read_csv(config.csv, schema)
+    parts = partition(
+        frame,
+        schema,
+        config.hospitals,
+        method=config.partition,
+        alpha=config.alpha,
+        column=config.column,
+        seed=config.seed,
+    )
+    encoder = FeatureEncoder(schema)
+    data = []
+    for index, part in enumerate(parts):
+        train, test = split_by_patient(
+            part, schema, test_fraction=config.test_fraction, seed=config.seed + index
+        )
+        x_train, y_train = encoder.transform(train)
+        x_test, y_test = encoder.transform(test)
+        data.append(LocalData(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test))
+    names = tuple(f"hospital-{i + 1}" for i in range(config.hospitals))
+    return Cohort(
+        names=names,
+        data=tuple(data),
+        n_features=encoder.n_features,
+        layout_digest=encoder.layout_digest,
+    )
+
+
+def config_digest(config: SimulationConfig, cohort: Cohort) -> str:
+    """What every participant must agree on: model, HE parameters, feature layout, seed."""
+    material = {
+        "model": config.model.to_dict(),
+        "he": config.he.to_dict(),
+        "layout": cohort.layout_digest,
+        "n_features": cohort.n_features,
+        "seed": config.seed,
+        "rounds": config.rounds,
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+
+def run_federated(
+    config: SimulationConfig,
+    cohort: Cohort,
+    *,
+    run: str,
+    cipher_for: Callable[[str], Cipher],
+    aggregator: Aggregator,
+    store_dir: Path,
+    on_progress: Callable[[RoundRecord, RunState], None] | None = None,
+) -> FederatedResult:
+    """Run coordinator and hospitals to the end of the run; return the hospitals' final model."""
+    transport = InMemoryTransport()
+    store = LocalStore(store_dir)
+    digest = config_digest(config, cohort)
+    plan = RunPlan(
+        run=run,
+        rounds=config.rounds,
+        hospitals=cohort.names,
+        min_hospitals=config.min_hospitals or len(cohort.names),
+        round_timeout=3600.0,
+        final_timeout=600.0,
+        config_digest=digest,
+    )
+    coordinator = Coordinator(
+        plan, transport=transport, store=store, aggregator=aggregator, on_progress=on_progress
+    )
+    start_weights = initial_weights(config.model, cohort.n_features, config.seed)
+    hospitals = [
+        Hospital(
+            name,
+            run=run,
+            data=data,
+            trainer=LocalTrainer(config.model, cohort.n_features),
+            cipher=cipher_for(name),
+            transport=transport,
+            store=store,
+            initial_weights=start_weights,
+            seed=config.seed,
+            config_digest=digest,
+            out_dir=config.out / run / "models",
+        )
+        for name, data in zip(cohort.names, cohort.data, strict=True)
+    ]
+    started = time.perf_counter()
+    for hospital in hospitals:
+        hospital.start(hello=False)
+    coordinator.start()
+    while not coordinator.finished:
+        if transport.deliver_all() == 0:
+            coordinator.tick()
+            if not coordinator.finished and transport.pending == 0:
+                raise HeflError(f"run {run} stalled in phase {coordinator.state.phase}")
+    if coordinator.state.phase == "failed":
+        raise HeflError(f"run {run} failed: {coordinator.state.error}")
+    finals = [h.final_weights for h in hospitals if h.final_weights is not None]
+    if len(finals) != len(hospitals):
+        raise HeflError(f"run {run}: only {len(finals)} hospitals kept the final model")
+    summary = coordinator.summary()
+    return FederatedResult(
+        weights=finals[0],
+        rounds=coordinator.state.history,
+        seconds=time.perf_counter() - started,
+        bytes_uploaded=sum(r.bytes_uploaded for r in coordinator.state.history),
+        summary=summary,
+    )
