@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Final
 
@@ -112,26 +113,51 @@ def encode(message: Message) -> bytes:
     return json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
 
 
+def _finite_float(value: Any) -> float | None:
+    """The value as a finite float, or None if it is not a finite JSON number (bools excluded)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)  # an int of hundreds of digits overflows
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def _check_field(type_name: str, name: str, value: Any) -> Any:
     kind = _FIELD_KINDS[name]
     if kind == "ref":
         if value is None or isinstance(value, str):
             return value
     elif kind is float:
-        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-            return float(value)
+        number = _finite_float(value)
+        if number is not None:
+            return number
     elif kind is int:
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             return value
     elif kind is dict:
         if isinstance(value, dict) and all(
-            isinstance(k, str) and isinstance(v, int | float | None) and not isinstance(v, bool)
+            isinstance(k, str) and (v is None or _finite_float(v) is not None)
             for k, v in value.items()
         ):
-            return {k: (float("nan") if v is None else float(v)) for k, v in value.items()}
+            return {k: (math.nan if v is None else float(v)) for k, v in value.items()}
     elif isinstance(value, str) and value:
         return value
     raise ProtocolError(f"{type_name}: field {name!r} has an invalid value {value!r:.80}")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ProtocolError(f"message contains {name}, which is not JSON")
+
+
+def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Duplicate keys would let two readers of one (signed) message see different values.
+    body = dict(pairs)
+    if len(body) != len(pairs):
+        duplicated = sorted(k for k, n in Counter(k for k, _ in pairs).items() if n > 1)
+        raise ProtocolError(f"message repeats the keys {duplicated!r:.80}")
+    return body
 
 
 def decode(data: bytes) -> Message:
@@ -139,8 +165,12 @@ def decode(data: bytes) -> Message:
     if len(data) > MAX_MESSAGE_BYTES:
         raise ProtocolError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
     try:
-        body = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        body = json.loads(
+            data.decode("utf-8"),
+            parse_constant=_reject_constant,
+            object_pairs_hook=_unique_object,
+        )
+    except (ValueError, RecursionError) as exc:  # also: integers beyond the digit limit
         raise ProtocolError(f"message is not UTF-8 JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise ProtocolError("message is not a JSON object")
@@ -149,7 +179,7 @@ def decode(data: bytes) -> Message:
     cls = _TYPES.get(type_name) if isinstance(type_name, str) else None
     if cls is None:
         raise ProtocolError(f"unknown message type {type_name!r:.60}")
-    if version != PROTOCOL_VERSION:
+    if type(version) is not int or version != PROTOCOL_VERSION:  # true == 1, 1.0 == 1
         raise ProtocolError(f"{type_name}: protocol version {version!r} is not {PROTOCOL_VERSION}")
     names = {f.name for f in fields(cls)}
     missing = sorted(names - body.keys())

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Final, Literal
+from dataclasses import asdict, dataclass, field, is_dataclass, replace
+from types import UnionType
+from typing import Any, Final, Literal, Union, get_args, get_origin, get_type_hints
 
 from common.errors import ConfigError, ProtocolError
 
@@ -42,8 +43,10 @@ class RunPlan:
             raise ConfigError(
                 f"min_hospitals must be within 1..{len(self.hospitals)}, got {self.min_hospitals}"
             )
-        if self.round_timeout <= 0 or self.final_timeout <= 0:
-            raise ConfigError("timeouts must be positive")
+        for name in ("round_timeout", "final_timeout"):
+            timeout = getattr(self, name)
+            if not (math.isfinite(timeout) and timeout > 0):  # NaN would never expire
+                raise ConfigError(f"{name} must be a positive number of seconds, got {timeout}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -157,7 +160,8 @@ def close_round(
     plan: RunPlan, state: RunState, *, aggregate_ref: str, aggregate_sha256: str, now: float
 ) -> RunState:
     """Record the round, attach the metrics its submissions carried to the previous round."""
-    losses = [a.metrics["train_loss"] for a in state.accepted if "train_loss" in a.metrics]
+    losses = [a.metrics.get("train_loss", math.nan) for a in state.accepted]
+    losses = [loss for loss in losses if math.isfinite(loss)]  # as mean_metrics: NaN is absent
     record = RoundRecord(
         round=state.round,
         accepted=state.accepted_hospitals,
@@ -195,7 +199,9 @@ def fail_run(state: RunState, error: str) -> RunState:
 def with_final_report(
     plan: RunPlan, state: RunState, hospital: str, metrics: dict[str, float]
 ) -> RunState:
-    if state.phase != "final" or hospital not in plan.hospitals:
+    if hospital not in plan.hospitals:
+        raise ProtocolError(f"final report from unknown hospital {hospital}")
+    if state.phase != "final":
         raise ProtocolError(f"final report from {hospital} outside the final phase")
     if any(h == hospital for h, _ in state.final_reports):
         return state
@@ -223,15 +229,45 @@ def to_json(state: RunState) -> bytes:
 
 
 def from_json(data: bytes) -> RunState:
+    """Read persisted state back, checking the type of every field (the store is untrusted)."""
     try:
-        raw: dict[str, Any] = json.loads(data)
-        raw["accepted"] = tuple(Accepted(**a) for a in raw["accepted"])
-        raw["failed"] = tuple(raw["failed"])
-        raw["final_reports"] = tuple((h, m) for h, m in raw["final_reports"])
-        raw["history"] = tuple(
-            RoundRecord(**{**r, "accepted": tuple(r["accepted"]), "failed": tuple(r["failed"])})
-            for r in raw["history"]
-        )
-        return RunState(**raw)
-    except (ValueError, KeyError, TypeError) as exc:
+        state: RunState = _typed(RunState, json.loads(data), "state")
+    except (ValueError, RecursionError, OverflowError) as exc:
         raise ProtocolError(f"persisted coordinator state is unreadable: {exc}") from exc
+    return state
+
+
+def _typed(tp: Any, value: Any, where: str) -> Any:
+    """Parsed JSON ``value`` as the annotated type ``tp``; ProtocolError if it does not fit."""
+    origin, args = get_origin(tp), get_args(tp)
+    if isinstance(tp, type) and is_dataclass(tp):
+        hints = get_type_hints(tp)
+        if isinstance(value, dict) and value.keys() == hints.keys():  # to_json writes every field
+            return tp(**{k: _typed(hints[k], v, f"{where}.{k}") for k, v in value.items()})
+    elif origin in (Union, UnionType):
+        for option in args:
+            try:
+                return _typed(option, value, where)
+            except ProtocolError:
+                continue
+    elif origin is Literal:
+        if isinstance(value, str) and value in args:
+            return value
+    elif origin is tuple:
+        if isinstance(value, list) and len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_typed(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+        if isinstance(value, list) and len(value) == len(args):
+            pairs = enumerate(zip(args, value, strict=True))
+            return tuple(_typed(a, v, f"{where}[{i}]") for i, (a, v) in pairs)
+    elif origin is dict:
+        if isinstance(value, dict):
+            return {k: _typed(args[1], v, f"{where}[{k!r}]") for k, v in value.items()}
+    elif tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif tp is int or tp is str:
+        if type(value) is tp:
+            return value
+    elif tp is type(None) and value is None:
+        return None
+    raise ProtocolError(f"persisted coordinator state: {where} is invalid: {value!r:.60}")

@@ -34,7 +34,7 @@ class Store(Protocol):
 def check_key(key: str) -> str:
     """Reject keys that could escape the store's root or confuse a backend."""
     parts = key.split("/")
-    if not key or any(not _KEY_PART.match(part) for part in parts):
+    if not key or any(not _KEY_PART.fullmatch(part) for part in parts):  # '$' allows a final \n
         raise StoreError(
             f"invalid store key {key!r}: use slash-separated parts of letters, digits, '.', '_', "
             "'-' (not starting with '.' or '-')"

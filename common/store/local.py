@@ -47,7 +47,8 @@ class LocalStore:
         path = self._path(key)
         try:
             return path.read_bytes()
-        except FileNotFoundError as exc:
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
+            # A folder is only a prefix of other keys; a file on the way means no such key.
             raise BlobNotFoundError(f"no blob {key} under {self.root}") from exc
         except OSError as exc:
             raise StoreError(f"cannot read {key} under {self.root}: {exc}") from exc
@@ -58,14 +59,28 @@ class LocalStore:
     def list(self, prefix: str = "") -> list[str]:
         keys = []
         for path in self.root.rglob("*"):
-            if path.is_file() and not path.name.startswith(".tmp-"):
+            if path.is_file():
                 key = path.relative_to(self.root).as_posix()
-                if key.startswith(prefix):
+                # Temp files (".tmp-*") and strays such as ".DS_Store" are not keys.
+                if key.startswith(prefix) and _is_key(key):
                     keys.append(key)
         return sorted(keys)
 
     def delete(self, key: str) -> None:
+        path = self._path(key)
         try:
-            self._path(key).unlink(missing_ok=True)
+            path.unlink()
+        except (FileNotFoundError, NotADirectoryError):
+            return
         except OSError as exc:
+            if path.is_dir():  # a prefix of other keys, not a blob: nothing to delete
+                return
             raise StoreError(f"cannot delete {key} under {self.root}: {exc}") from exc
+
+
+def _is_key(key: str) -> bool:
+    try:
+        check_key(key)
+    except StoreError:
+        return False
+    return True
