@@ -11,10 +11,7 @@ from typing import Any
 
 
 def _format_value(value: Any) -> str:
-    if isinstance(value, float):
-        text = f"{value:.6g}"
-    else:
-        text = str(value)
+    text = f"{value:.6g}" if isinstance(value, float) else str(value)
     if text == "" or any(ch in text for ch in ' ="'):
         return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return text
@@ -23,11 +20,15 @@ def _format_value(value: Any) -> str:
 def format_event(event: str, **fields: Any) -> str:
     """Render ``event key=value ...``; fields whose value is None are left out."""
     parts = [event]
-    parts.extend(f"{key}={_format_value(value)}" for key, value in fields.items() if value is not None)
+    parts.extend(
+        f"{key}={_format_value(value)}" for key, value in fields.items() if value is not None
+    )
     return " ".join(parts)
 
 
-def log_event(logger: logging.Logger, event: str, *, level: int = logging.INFO, **fields: Any) -> None:
+def log_event(
+    logger: logging.Logger, event: str, *, level: int = logging.INFO, **fields: Any
+) -> None:
     """Log one structured event."""
     if logger.isEnabledFor(level):
         logger.log(level, format_event(event, **fields))

@@ -32,7 +32,9 @@ DEFAULT_ACTIVATION = "relu"
 DEFAULT_OPTIMIZER = "sgd"
 DEFAULT_LEARNING_RATE = 0.01
 DEFAULT_BATCH_SIZE = 32
-DEFAULT_LOCAL_EPOCHS = 1
+# Two local epochs per round: with one, FedAvg on skewed hospitals lags centralized training by
+# about 0.02 AUC after 10 rounds of SGD (measured; see README), with two by about 0.01.
+DEFAULT_LOCAL_EPOCHS = 2
 
 SUPPORTED_OPTIMIZERS = frozenset({"sgd", "adam"})
 SUPPORTED_ACTIVATIONS = frozenset({"relu", "tanh", "sigmoid", "elu", "selu", "gelu", "silu"})

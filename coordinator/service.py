@@ -12,9 +12,10 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from common import layout
+from common.crypto import Aggregator, RunningSum
 from common.errors import HeflError, ProtocolError
 from common.logs import log_event
 from common.messages import (
@@ -33,20 +34,6 @@ from common.transport import ANNOUNCE, SUBMIT, Transport
 from coordinator import state as sm
 
 logger = logging.getLogger("hefl.coordinator")
-
-
-class RunningSum(Protocol):
-    count: int
-
-    def add(self, blob: bytes) -> None: ...
-
-    def to_blob(self, kind: str = "aggregate") -> bytes: ...
-
-
-class Aggregator(Protocol):
-    """Adds ciphertext blobs with public material only; it has no way to decrypt."""
-
-    def new_sum(self) -> RunningSum: ...
 
 
 ProgressCallback = Callable[[sm.RoundRecord, sm.RunState], None]
@@ -188,7 +175,11 @@ class Coordinator:
         self._store.put(key, aggregate)
         closed = self.state.round
         self.state = sm.close_round(
-            self.plan, self.state, aggregate_ref=key, aggregate_sha256=sha256_hex(aggregate), now=now
+            self.plan,
+            self.state,
+            aggregate_ref=key,
+            aggregate_sha256=sha256_hex(aggregate),
+            now=now,
         )
         self._sum = self._aggregator.new_sum()
         self._persist()
@@ -283,6 +274,4 @@ class Coordinator:
         self._log("message_rejected", level=logging.WARNING, reason=reason, detail=detail)
 
     def _log(self, event: str, *, level: int = logging.INFO, **fields: object) -> None:
-        log_event(
-            logger, event, level=level, run=self.plan.run, round=self.state.round, **fields
-        )
+        log_event(logger, event, level=level, run=self.plan.run, round=self.state.round, **fields)

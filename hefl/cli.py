@@ -14,6 +14,7 @@ from pathlib import Path
 
 from common.errors import ConfigError, HeflError
 from common.logs import configure
+from common.model import ModelConfig
 
 DEFAULT_CSV = Path("../shared/data/diabetes130/diabetic_data.csv.gz")
 
@@ -29,20 +30,36 @@ def _units(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from exc
 
 
 def _add_data_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--csv", type=Path, default=Path(os.environ.get("HEFL_CSV", DEFAULT_CSV)),
-                        help="dataset CSV (.csv or .csv.gz); default $HEFL_CSV or %(default)s")
-    parser.add_argument("--schema", default="diabetes130",
-                        help="bundled schema name (diabetes130, johns_hospital) or a YAML path")
+    parser.add_argument(
+        "--csv",
+        type=Path,
+        default=Path(os.environ.get("HEFL_CSV", DEFAULT_CSV)),
+        help="dataset CSV (.csv or .csv.gz); default $HEFL_CSV or %(default)s",
+    )
+    parser.add_argument(
+        "--schema",
+        default="diabetes130",
+        help="bundled schema name (diabetes130, johns_hospital) or a YAML path",
+    )
     parser.add_argument("--hospitals", type=_positive_int, default=4)
-    parser.add_argument("--partition", choices=("dirichlet", "iid", "column"), default="dirichlet",
-                        help="how to split the CSV into hospitals (default: Dirichlet label skew)")
-    parser.add_argument("--alpha", type=float, default=0.5,
-                        help="Dirichlet concentration; smaller is more skewed")
-    parser.add_argument("--column", help="column whose values make natural silos (--partition column)")
+    parser.add_argument(
+        "--partition",
+        choices=("dirichlet", "iid", "column"),
+        default="dirichlet",
+        help="how to split the CSV into hospitals (default: Dirichlet label skew)",
+    )
+    parser.add_argument(
+        "--alpha", type=float, default=0.5, help="Dirichlet concentration; smaller is more skewed"
+    )
+    parser.add_argument(
+        "--column", help="column whose values make natural silos (--partition column)"
+    )
     parser.add_argument("--seed", type=int, default=42)
 
 
@@ -68,14 +85,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_flags(sim)
     sim.add_argument("--rounds", type=_positive_int, default=10)
     sim.add_argument("--scheme", choices=("ckks", "bfv"), default="ckks")
-    sim.add_argument("--hidden", type=_units, default=(128,), help="hidden layer sizes, e.g. 128,64")
+    sim.add_argument(
+        "--hidden", type=_units, default=(128,), help="hidden layer sizes, e.g. 128,64"
+    )
     sim.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
     sim.add_argument("--learning-rate", type=float, default=0.01)
     sim.add_argument("--batch-size", type=_positive_int, default=32)
     sim.add_argument("--local-epochs", type=_positive_int, default=1)
     sim.add_argument("--min-hospitals", type=_positive_int, default=None)
-    sim.add_argument("--no-baselines", action="store_true",
-                     help="only the encrypted run (skip plaintext, local-only and centralized)")
+    sim.add_argument(
+        "--no-baselines",
+        action="store_true",
+        help="only the encrypted run (skip plaintext, local-only and centralized)",
+    )
     sim.add_argument("--out", type=Path, default=Path("out/demo"))
     return parser
 
@@ -106,33 +128,49 @@ def _run(args: argparse.Namespace) -> int:
         from common.data import load_schema, write_partitions
 
         paths = write_partitions(
-            args.csv, load_schema(args.schema), args.out, args.hospitals,
-            method=args.partition, alpha=args.alpha, column=args.column, seed=args.seed,
+            args.csv,
+            load_schema(args.schema),
+            args.out,
+            args.hospitals,
+            method=args.partition,
+            alpha=args.alpha,
+            column=args.column,
+            seed=args.seed,
         )
         for path in paths:
             print(path)
         return 0
     if args.command == "simulate":
-        from common.model import ModelConfig
         from hefl.compare import run_comparison
         from hefl.simulation import SimulationConfig
 
         if args.min_hospitals is not None and args.min_hospitals > args.hospitals:
-            raise ConfigError(f"--min-hospitals {args.min_hospitals} > --hospitals {args.hospitals}")
+            raise ConfigError(
+                f"--min-hospitals {args.min_hospitals} > --hospitals {args.hospitals}"
+            )
         config = SimulationConfig(
-            csv=args.csv, schema=args.schema, hospitals=args.hospitals, partition=args.partition,
-            alpha=args.alpha, column=args.column, rounds=args.rounds, seed=args.seed,
+            csv=args.csv,
+            schema=args.schema,
+            hospitals=args.hospitals,
+            partition=args.partition,
+            alpha=args.alpha,
+            column=args.column,
+            rounds=args.rounds,
+            seed=args.seed,
             min_hospitals=args.min_hospitals,
             model=ModelConfig(
-                hidden_units=args.hidden, optimizer=args.optimizer,
-                learning_rate=args.learning_rate, batch_size=args.batch_size,
+                hidden_units=args.hidden,
+                optimizer=args.optimizer,
+                learning_rate=args.learning_rate,
+                batch_size=args.batch_size,
                 local_epochs=args.local_epochs,
             ),
             he=_he_config(args.scheme, max(args.hospitals, 100)),  # type: ignore[arg-type]
             out=args.out,
         )
-        run_comparison(config, emit=lambda line: print(line, flush=True),
-                       baselines=not args.no_baselines)
+        run_comparison(
+            config, emit=lambda line: print(line, flush=True), baselines=not args.no_baselines
+        )
         return 0
     raise ConfigError(f"unknown command {args.command}")
 

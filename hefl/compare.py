@@ -12,12 +12,17 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from common.crypto import open_aggregator, open_cipher, plain_aggregator, plain_cipher, run_key_ceremony
+from common.crypto import (
+    open_aggregator,
+    open_cipher,
+    plain_aggregator,
+    plain_cipher,
+    run_key_ceremony,
+)
 from common.metrics import Metrics
 from coordinator.state import RoundRecord, RunState
 from hefl.simulation import Cohort, SimulationConfig, load_cohort, run_federated
@@ -78,7 +83,10 @@ def progress_printer(
 
 
 def render_table(rows: list[Row]) -> str:
-    header = f"{'method':<28} {'test AUC':>9} {'accuracy':>9} {'loss':>8} {'seconds':>8} {'uploaded':>11}"
+    header = (
+        f"{'method':<28} {'test AUC':>9} {'accuracy':>9} {'loss':>8} {'seconds':>8} "
+        f"{'uploaded':>11}"
+    )
     lines = [header, "-" * len(header)]
     for r in rows:
         lines.append(
@@ -96,12 +104,16 @@ def run_comparison(
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    emit(f"data: {config.csv} ({config.schema}), {config.hospitals} hospitals, "
-         f"partition {config.partition}, {config.rounds} rounds, seed {config.seed}")
+    emit(
+        f"data: {config.csv} ({config.schema}), {config.hospitals} hospitals, "
+        f"partition {config.partition}, {config.rounds} rounds, seed {config.seed}"
+    )
     cohort: Cohort = load_cohort(config)
     for name, d in zip(cohort.names, cohort.data, strict=True):
-        emit(f"  {name}: {len(d.y_train)} train / {len(d.y_test)} test rows, "
-             f"positive rate {float(np.mean(d.y_train)):.3f}")
+        emit(
+            f"  {name}: {len(d.y_train)} train / {len(d.y_test)} test rows, "
+            f"positive rate {float(np.mean(d.y_train)):.3f}"
+        )
     x_test, y_test = cohort.pooled_test
     evaluator = LocalTrainer(config.model, cohort.n_features)
     keys = out / "keys"
@@ -112,7 +124,11 @@ def run_comparison(
     def federated(label: str, run: str, cipher_for: Any, aggregator: Any) -> np.ndarray:
         emit(f"{label}:")
         result = run_federated(
-            config, cohort, run=run, cipher_for=cipher_for, aggregator=aggregator,
+            config,
+            cohort,
+            run=run,
+            cipher_for=cipher_for,
+            aggregator=aggregator,
             store_dir=out / "store",
             on_progress=progress_printer(config.rounds, config.hospitals, emit),
         )
@@ -122,8 +138,10 @@ def run_comparison(
         return result.weights
 
     encrypted = federated(
-        f"encrypted FedAvg ({config.he.scheme.upper()})", "encrypted",
-        lambda _name: open_cipher(keys / "hospital"), open_aggregator(keys / "coordinator"),
+        f"encrypted FedAvg ({config.he.scheme.upper()})",
+        "encrypted",
+        lambda _name: open_cipher(keys / "hospital"),
+        open_aggregator(keys / "coordinator"),
     )
     if baselines:
         plaintext = federated(
@@ -137,28 +155,42 @@ def run_comparison(
             metrics = evaluator.evaluate(weights, x_test, y_test)
             local_rows.append(_row(f"{name} alone", metrics, time.perf_counter() - started, None))
         rows.extend(local_rows)
-        rows.append(Row(
-            method="mean of hospitals alone",
-            auc=float(np.mean([r.auc for r in local_rows])),
-            accuracy=float(np.mean([r.accuracy for r in local_rows])),
-            loss=float(np.mean([r.loss for r in local_rows])),
-            seconds=float(sum(r.seconds for r in local_rows)),
-            bytes_uploaded=None,
-        ))
+        rows.append(
+            Row(
+                method="mean of hospitals alone",
+                auc=float(np.mean([r.auc for r in local_rows])),
+                accuracy=float(np.mean([r.accuracy for r in local_rows])),
+                loss=float(np.mean([r.loss for r in local_rows])),
+                seconds=float(sum(r.seconds for r in local_rows)),
+                bytes_uploaded=None,
+            )
+        )
         started = time.perf_counter()
         x_train, y_train = cohort.pooled_train
         weights = train_alone(config, evaluator, x_train, y_train, "centralized")
-        rows.append(_row("centralized (pooled data)", evaluator.evaluate(weights, x_test, y_test),
-                         time.perf_counter() - started, None))
+        rows.append(
+            _row(
+                "centralized (pooled data)",
+                evaluator.evaluate(weights, x_test, y_test),
+                time.perf_counter() - started,
+                None,
+            )
+        )
     table = render_table(rows)
     emit("")
     emit(f"pooled hold-out: {len(y_test)} encounters, positive rate {float(np.mean(y_test)):.3f}")
     emit(table)
     summary = {
         "config": {
-            "csv": str(config.csv), "schema": config.schema, "hospitals": config.hospitals,
-            "partition": config.partition, "alpha": config.alpha, "column": config.column,
-            "rounds": config.rounds, "seed": config.seed, "model": config.model.to_dict(),
+            "csv": str(config.csv),
+            "schema": config.schema,
+            "hospitals": config.hospitals,
+            "partition": config.partition,
+            "alpha": config.alpha,
+            "column": config.column,
+            "rounds": config.rounds,
+            "seed": config.seed,
+            "model": config.model.to_dict(),
             "he": config.he.to_dict(),
         },
         "n_features": cohort.n_features,
@@ -166,12 +198,18 @@ def run_comparison(
         "results": [asdict(r) for r in rows],
         "runs": runs,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=_json_default))
+    text = json.dumps(_finite(summary), indent=1, allow_nan=False, default=str)
+    (out / "summary.json").write_text(text)
     emit(f"\nwrote {out / 'summary.json'} and each hospital's final model under {out}/*/models/")
     return summary
 
 
-def _json_default(value: Any) -> Any:
+def _finite(value: Any) -> Any:
+    """JSON has no NaN: an undefined metric (e.g. AUC of a one-class hold-out) becomes null."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
-    return str(value)
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value

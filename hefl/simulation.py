@@ -18,15 +18,16 @@ from typing import Any
 
 import numpy as np
 
-from common.crypto import HEConfig
+from common.crypto import Aggregator, Cipher, HEConfig
 from common.data import FeatureEncoder, Schema, load_schema, partition, read_csv, split_by_patient
+from common.data.partition import Method
 from common.errors import HeflError
 from common.model import ModelConfig, initial_weights
 from common.store import LocalStore
 from common.transport import InMemoryTransport
-from coordinator.service import Aggregator, Coordinator
+from coordinator.service import Coordinator
 from coordinator.state import RoundRecord, RunPlan, RunState
-from hospital_node.service import Cipher, Hospital, LocalData
+from hospital_node.service import Hospital, LocalData
 from hospital_node.training import LocalTrainer
 
 logger = logging.getLogger("hefl.simulation")
@@ -39,7 +40,7 @@ class SimulationConfig:
     csv: Path
     schema: str = "diabetes130"
     hospitals: int = 4
-    partition: str = "dirichlet"
+    partition: Method = "dirichlet"
     alpha: float = 0.5
     column: str | None = None
     rounds: int = 10

@@ -19,6 +19,7 @@ from typing import Final, Protocol
 import numpy as np
 
 from common import layout
+from common.crypto import Cipher
 from common.errors import HeflError, ProtocolError, TrainingError
 from common.logs import log_event
 from common.messages import (
@@ -34,6 +35,7 @@ from common.messages import (
 from common.metrics import Metrics
 from common.store import Store, get_verified, sha256_hex
 from common.transport import ANNOUNCE, SUBMIT, Transport
+from hospital_node.training import FitResult
 
 logger = logging.getLogger("hefl.hospital")
 
@@ -42,24 +44,12 @@ logger = logging.getLogger("hefl.hospital")
 WEIGHT_UNIT: Final = 10_000.0
 
 
-class Cipher(Protocol):
-    def encrypt(self, values: np.ndarray, *, kind: str = "update") -> bytes: ...
-
-    def decrypt(self, blob: bytes) -> np.ndarray: ...
-
-
 class Trainer(Protocol):
-    def fit(self, weights: np.ndarray, x: np.ndarray, y: np.ndarray, *, seed: int) -> FitLike: ...
+    def fit(self, weights: np.ndarray, x: np.ndarray, y: np.ndarray, *, seed: int) -> FitResult: ...
 
     def evaluate(self, weights: np.ndarray, x: np.ndarray, y: np.ndarray) -> Metrics: ...
 
     def save_model(self, weights: np.ndarray, path: Path, metrics: Metrics | None) -> None: ...
-
-
-class FitLike(Protocol):
-    weights: np.ndarray
-    loss: float
-    n: int
 
 
 @dataclass(frozen=True, eq=False)

@@ -32,13 +32,13 @@ def test_default_config_reproduces_original_mlp_settings() -> None:
     assert config.optimizer == "sgd"
     assert config.learning_rate == 0.01
     assert config.batch_size == 32
-    assert config.local_epochs == 1
+    assert config.local_epochs == 2
 
 
 def test_config_repr_is_readable() -> None:
     assert repr(ModelConfig()) == (
         "ModelConfig(hidden_units=(128,), activation='relu', optimizer='sgd', "
-        "learning_rate=0.01, batch_size=32, local_epochs=1)"
+        "learning_rate=0.01, batch_size=32, local_epochs=2)"
     )
 
 
@@ -100,7 +100,7 @@ def test_config_from_dict_rejects_unknown_keys_and_non_mappings() -> None:
 def test_config_digest_is_stable_and_tracks_every_field() -> None:
     digest = ModelConfig().digest()
     # Pinned: hospitals and coordinator on different versions must compute the same digest.
-    assert digest == "1f8a45365e3d15af9b3b544ac6d1bafd80e9e6b86cb4d2fb3992b6f7eddf70f1"
+    assert digest == "92ab4856aa33ce7c916e8682a8f30e8df6de21c1c55201bfa11a68441de9291b"
     assert ModelConfig.from_dict(ModelConfig().to_dict()).digest() == digest
     changed = [
         ModelConfig(hidden_units=(64,)),
@@ -108,7 +108,7 @@ def test_config_digest_is_stable_and_tracks_every_field() -> None:
         ModelConfig(optimizer="adam"),
         ModelConfig(learning_rate=0.02),
         ModelConfig(batch_size=64),
-        ModelConfig(local_epochs=2),
+        ModelConfig(local_epochs=1),
     ]
     digests = {config.digest() for config in changed}
     assert len(digests) == len(changed)

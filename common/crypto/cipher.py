@@ -1,0 +1,87 @@
+"""The hospital side: turn model values into a blob and a blob back into values.
+
+Every scheme goes through ``BlockCipher``: values are checked, split into fixed-size blocks, each
+block becomes one chunk, and the blob is built and checked by the bundle's ``BlobSpec``. A scheme
+only supplies how one block is encrypted and decrypted.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from common.crypto.encoding import blocks, check_sum, checked_values
+from common.crypto.spec import BlobSpec
+
+UPDATE = "update"
+AGGREGATE = "aggregate"
+
+
+class Cipher(Protocol):
+    """Encrypts a hospital's values and decrypts blobs made with the same key bundle."""
+
+    @property
+    def scheme(self) -> str: ...
+
+    @property
+    def value_bound(self) -> float:
+        """Largest |x| ``encrypt`` accepts."""
+        ...
+
+    def encrypt(self, values: np.ndarray, *, kind: str = UPDATE) -> bytes:
+        """Encrypt a 1-D float64 array into one blob."""
+        ...
+
+    def decrypt(self, blob: bytes) -> np.ndarray:
+        """Decrypt a blob into exactly ``value_count`` float64 values."""
+        ...
+
+
+class BlockCipher:
+    """Shared encrypt/decrypt path; subclasses encrypt and decrypt one block."""
+
+    #: Decrypted sums may exceed ``summands * value_bound`` by this much per summand (noise,
+    #: rounding) before they count as overflow or corruption.
+    sum_slack: float = 0.0
+
+    def __init__(self, spec: BlobSpec, *, value_bound: float) -> None:
+        self._spec = spec
+        self._value_bound = value_bound
+
+    @property
+    def scheme(self) -> str:
+        return self._spec.scheme
+
+    @property
+    def value_bound(self) -> float:
+        return self._value_bound
+
+    @property
+    def spec(self) -> BlobSpec:
+        return self._spec
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(scheme={self.scheme!r}, value_bound={self.value_bound:g}, "
+            f"key_id={self._spec.key_id[:12]!r})"
+        )
+
+    def encrypt(self, values: np.ndarray, *, kind: str = UPDATE) -> bytes:
+        array = checked_values(values, self._value_bound)
+        size = self._spec.values_per_chunk
+        chunks = [self._encrypt_block(block) for block in blocks(array, size)]
+        return self._spec.encode(kind=kind, value_count=len(array), summands=1, chunks=chunks)
+
+    def decrypt(self, blob: bytes) -> np.ndarray:
+        header, chunks = self._spec.decode(blob)
+        decrypted = [self._decrypt_block(chunk) for chunk in chunks]
+        values = np.concatenate(decrypted)[: header.value_count]
+        check_sum(values, header.summands * (self._value_bound + self.sum_slack))
+        return values
+
+    def _encrypt_block(self, block: np.ndarray) -> bytes:
+        raise NotImplementedError
+
+    def _decrypt_block(self, chunk: bytes) -> np.ndarray:
+        raise NotImplementedError

@@ -1,0 +1,293 @@
+"""Coordinator and hospitals over the in-memory transport: the round protocol and its faults.
+
+Real Keras training on small synthetic data; the plaintext cipher keeps these fast (the encrypted
+path is the same code and is exercised in test_simulation.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from common import layout
+from common.crypto import (
+    HEConfig,
+    open_aggregator,
+    open_cipher,
+    plain_aggregator,
+    plain_cipher,
+    run_key_ceremony,
+)
+from common.errors import TrainingError
+from common.messages import UpdateSubmitted, encode
+from common.model import ModelConfig, initial_weights
+from common.store import InMemoryStore, sha256_hex
+from common.transport import SUBMIT, InMemoryTransport
+from coordinator.service import Coordinator
+from coordinator.state import RunPlan
+from hospital_node.service import Hospital, LocalData, training_seed
+from hospital_node.training import LocalTrainer
+
+N_FEATURES = 6
+MODEL = ModelConfig(hidden_units=(4,), batch_size=16)
+SEED = 11
+DIGEST = "cfg-digest"
+
+
+def make_data(index: int, n: int) -> LocalData:
+    rng = np.random.default_rng(100 + index)
+    x = rng.normal(size=(n, N_FEATURES)).astype(np.float32)
+    logits = x @ np.linspace(-1.0, 1.0, N_FEATURES) + 0.3 * index
+    y = (rng.uniform(size=n) < 1 / (1 + np.exp(-logits))).astype(np.float32)
+    cut = int(n * 0.75)
+    return LocalData(x_train=x[:cut], y_train=y[:cut], x_test=x[cut:], y_test=y[cut:])
+
+
+DATA = {f"h{i}": make_data(i, 80 + 40 * i) for i in range(1, 4)}
+
+
+class FailingTrainer(LocalTrainer):
+    def fit(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        raise TrainingError("simulated out-of-memory during training")
+
+
+@dataclass
+class Cluster:
+    """One coordinator and its hospitals on one transport, with a controllable clock."""
+
+    store: InMemoryStore
+    plan: RunPlan
+    now: list[float] = field(default_factory=lambda: [1000.0])
+    transport: InMemoryTransport = field(default_factory=InMemoryTransport)
+    hospitals: dict[str, Hospital] = field(default_factory=dict)
+    coordinator: Coordinator | None = None
+
+    def clock(self) -> float:
+        return self.now[0]
+
+    def add_hospital(self, name: str, *, trainer: LocalTrainer | None = None, cipher=None) -> None:
+        hospital = Hospital(
+            name,
+            run=self.plan.run,
+            data=DATA[name],
+            trainer=trainer or LocalTrainer(MODEL, N_FEATURES),
+            cipher=cipher or plain_cipher(),
+            transport=self.transport,
+            store=self.store,
+            initial_weights=initial_weights(MODEL, N_FEATURES, SEED),
+            seed=SEED,
+            config_digest=DIGEST,
+            clock=self.clock,
+        )
+        hospital.start(hello=False)
+        self.hospitals[name] = hospital
+
+    def start_coordinator(self, aggregator=None) -> Coordinator:
+        self.coordinator = Coordinator(
+            self.plan,
+            transport=self.transport,
+            store=self.store,
+            aggregator=aggregator or plain_aggregator(),
+            clock=self.clock,
+        )
+        self.coordinator.start()
+        return self.coordinator
+
+    def run_to_end(self) -> Coordinator:
+        coordinator = self.coordinator
+        assert coordinator is not None
+        while not coordinator.finished and self.transport.deliver_all():
+            pass
+        return coordinator
+
+
+def make_plan(**overrides) -> RunPlan:
+    values = dict(
+        run="run-1",
+        rounds=3,
+        hospitals=("h1", "h2", "h3"),
+        min_hospitals=3,
+        round_timeout=60.0,
+        final_timeout=60.0,
+        config_digest=DIGEST,
+    )
+    values.update(overrides)
+    return RunPlan(**values)  # type: ignore[arg-type]
+
+
+def full_cluster(**plan_overrides) -> Cluster:
+    cluster = Cluster(store=InMemoryStore(), plan=make_plan(**plan_overrides))
+    for name in cluster.plan.hospitals:
+        cluster.add_hospital(name)
+    return cluster
+
+
+def reference_fedavg(names: tuple[str, ...], rounds: int) -> np.ndarray:
+    """FedAvg written out directly with np.average: what the protocol must reproduce."""
+    trainer = LocalTrainer(MODEL, N_FEATURES)
+    weights = initial_weights(MODEL, N_FEATURES, SEED)
+    for round_ in range(1, rounds + 1):
+        fits = [
+            trainer.fit(
+                weights,
+                DATA[n].x_train,
+                DATA[n].y_train,
+                seed=training_seed(SEED, round_, n),
+            )
+            for n in names
+        ]
+        weights = np.average(
+            np.stack([f.weights for f in fits]), axis=0, weights=[f.n for f in fits]
+        ).astype(np.float32)
+    return weights
+
+
+@pytest.fixture(scope="module")
+def reference() -> np.ndarray:
+    return reference_fedavg(("h1", "h2", "h3"), 3)
+
+
+def test_a_run_reproduces_weighted_fedavg(reference: np.ndarray) -> None:
+    cluster = full_cluster()
+    cluster.start_coordinator()
+    coordinator = cluster.run_to_end()
+    assert coordinator.state.phase == "done"
+    finals = [h.final_weights for h in cluster.hospitals.values()]
+    for final in finals:
+        assert final is not None
+        np.testing.assert_allclose(final, reference, atol=1e-6)
+    assert [len(r.accepted) for r in coordinator.state.history] == [3, 3, 3]
+    assert all(r.model_metrics is not None for r in coordinator.state.history)
+    assert coordinator.state.rejected == {}
+
+
+def test_encrypted_run_matches_the_plaintext_reference(
+    tmp_path: Path, reference: np.ndarray
+) -> None:
+    run_key_ceremony(HEConfig(), tmp_path / "hospital", tmp_path / "coordinator")
+    cluster = Cluster(store=InMemoryStore(), plan=make_plan())
+    for name in cluster.plan.hospitals:
+        cluster.add_hospital(name, cipher=open_cipher(tmp_path / "hospital"))
+    cluster.start_coordinator(open_aggregator(tmp_path / "coordinator"))
+    coordinator = cluster.run_to_end()
+    assert coordinator.state.phase == "done"
+    final = cluster.hospitals["h1"].final_weights
+    assert final is not None
+    np.testing.assert_allclose(final, reference, atol=1e-6)
+
+
+def test_garbage_and_forgeries_are_counted_and_the_run_still_completes(
+    reference: np.ndarray,
+) -> None:
+    cluster = full_cluster()
+    coordinator = cluster.start_coordinator()
+    forged_blob = b"not a ciphertext"
+    key = layout.update_key("run-1", 1, "h2")
+    cluster.store.put("runs/run-1/elsewhere.blob", forged_blob)
+    bad = [
+        b"\x00\xff garbage",
+        b'{"type": "UpdateSubmitted"}',
+        encode(UpdateSubmitted(run="run-1", round=1, hospital="h9", blob_ref=key, sha256="0" * 64)),
+        encode(UpdateSubmitted(run="other", round=1, hospital="h1", blob_ref=key, sha256="0" * 64)),
+        encode(UpdateSubmitted(run="run-1", round=1, hospital="h2", blob_ref=key, sha256="0" * 64)),
+        encode(
+            UpdateSubmitted(
+                run="run-1",
+                round=1,
+                hospital="h3",
+                blob_ref="runs/run-1/elsewhere.blob",
+                sha256=sha256_hex(forged_blob),
+            )
+        ),
+    ]
+    for body in bad:
+        cluster.transport.publish(SUBMIT, body)
+    cluster.run_to_end()
+    assert coordinator.state.phase == "done"
+    rejected = coordinator.state.rejected
+    assert rejected["malformed"] == 2
+    assert rejected["unknown-hospital"] == 1
+    assert rejected["other-run"] == 1
+    assert rejected["bad-ref"] == 1
+    assert rejected["StoreError"] == 1  # h2's real blob does not match the forged digest
+    np.testing.assert_allclose(cluster.hospitals["h1"].final_weights, reference, atol=1e-6)
+
+
+def test_a_replayed_submission_from_an_earlier_round_is_rejected_as_late() -> None:
+    cluster = full_cluster(rounds=2)
+    coordinator = cluster.start_coordinator()
+    captured: list[bytes] = []
+    cluster.transport.subscribe(SUBMIT, captured.append)
+    while coordinator.state.round < 2:
+        cluster.transport.deliver_all(limit=1)
+    first_round = [b for b in captured if b'"round":1' in b and b"UpdateSubmitted" in b]
+    assert first_round
+    cluster.transport.publish(SUBMIT, first_round[0])
+    cluster.run_to_end()
+    assert coordinator.state.phase == "done"
+    assert coordinator.state.rejected == {"late": 1}
+
+
+def test_a_failing_hospital_replies_with_an_error_and_the_round_closes_on_quorum() -> None:
+    cluster = Cluster(store=InMemoryStore(), plan=make_plan(min_hospitals=2, rounds=2))
+    cluster.add_hospital("h1")
+    cluster.add_hospital("h2")
+    cluster.add_hospital("h3", trainer=FailingTrainer(MODEL, N_FEATURES))
+    cluster.start_coordinator()
+    coordinator = cluster.run_to_end()
+    assert coordinator.state.phase == "done"
+    assert [r.failed for r in coordinator.state.history] == [("h3",), ("h3",)]
+    expected = reference_fedavg(("h1", "h2"), 2)
+    np.testing.assert_allclose(cluster.hospitals["h1"].final_weights, expected, atol=1e-6)
+
+
+def test_without_quorum_the_run_fails_with_a_clear_error() -> None:
+    cluster = Cluster(store=InMemoryStore(), plan=make_plan(min_hospitals=3))
+    cluster.add_hospital("h1")
+    cluster.add_hospital("h2")
+    cluster.add_hospital("h3", trainer=FailingTrainer(MODEL, N_FEATURES))
+    coordinator = cluster.start_coordinator()
+    cluster.run_to_end()
+    assert coordinator.state.phase == "failed"
+    assert "only 2 of 3" in (coordinator.state.error or "")
+
+
+def test_the_deadline_closes_a_round_with_a_silent_hospital() -> None:
+    cluster = Cluster(store=InMemoryStore(), plan=make_plan(min_hospitals=2, rounds=1))
+    cluster.add_hospital("h1")
+    cluster.add_hospital("h2")  # h3 never starts
+    coordinator = cluster.start_coordinator()
+    cluster.transport.deliver_all()
+    assert coordinator.state.phase == "round" and len(coordinator.state.accepted) == 2
+    cluster.now[0] += 61.0
+    coordinator.tick()
+    cluster.transport.deliver_all()
+    assert coordinator.state.history[0].accepted == ("h1", "h2")
+    cluster.now[0] += 61.0  # h3 never sends a final report either
+    coordinator.tick()
+    assert coordinator.state.phase == "done"
+
+
+def test_a_restarted_coordinator_resumes_the_round_without_losing_accepted_updates(
+    reference: np.ndarray,
+) -> None:
+    store = InMemoryStore()
+    first = Cluster(store=store, plan=make_plan())
+    for name in first.plan.hospitals:
+        first.add_hospital(name)
+    coordinator = first.start_coordinator()
+    while not (coordinator.state.round == 2 and len(coordinator.state.accepted) == 2):
+        first.transport.deliver_all(limit=1)
+    accepted_before = coordinator.state.accepted
+    # The coordinator process dies here; hospitals restart too (they are stateless).
+    second = Cluster(store=store, plan=make_plan())
+    for name in second.plan.hospitals:
+        second.add_hospital(name)
+    resumed = second.start_coordinator()
+    assert resumed.state.round == 2 and resumed.state.accepted == accepted_before
+    second.run_to_end()
+    assert resumed.state.phase == "done"
+    np.testing.assert_allclose(second.hospitals["h2"].final_weights, reference, atol=1e-6)
