@@ -180,6 +180,18 @@ def run_comparison(
     emit("")
     emit(f"pooled hold-out: {len(y_test)} encounters, positive rate {float(np.mean(y_test)):.3f}")
     emit(table)
+    first = runs["encrypted"]["rounds"][0]
+    per_hospital = first["bytes_uploaded"] / max(1, len(first["accepted"]))
+    upload = {
+        "bytes_per_hospital_per_round": per_hospital,
+        "parameters": int(encrypted.shape[0]),
+        "bytes_per_parameter": per_hospital / encrypted.shape[0],
+    }
+    emit(
+        f"\n{config.he.scheme.upper()} upload: {per_hospital / 1e3:.1f} kB per hospital per round "
+        f"for {upload['parameters']} parameters = {upload['bytes_per_parameter']:.2f} bytes per "
+        "parameter (float32: 4)"
+    )
     summary = {
         "config": {
             "csv": str(config.csv),
@@ -195,6 +207,7 @@ def run_comparison(
         },
         "n_features": cohort.n_features,
         "parameters": int(encrypted.shape[0]),
+        "upload": upload,
         "results": [asdict(r) for r in rows],
         "runs": runs,
     }

@@ -44,3 +44,4 @@ def test_ckks_upload_is_at_most_16_bytes_per_parameter(results: dict) -> None:
     uploads = results["runs"]["encrypted"]["rounds"][0]
     per_hospital = uploads["bytes_uploaded"] / len(uploads["accepted"])
     assert per_hospital / results["parameters"] <= 16.0
+    assert results["upload"]["bytes_per_parameter"] == per_hospital / results["parameters"]

@@ -15,12 +15,13 @@ from common.data import (
     icd9_group,
     load_schema,
     parse_frame,
+    parse_schema,
     partition,
     patient_ids,
     read_csv,
     read_raw,
 )
-from common.data.schema import Schema, parse_schema
+from common.data.schema import Schema
 from common.errors import DataError
 
 DATA = Path(

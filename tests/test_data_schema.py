@@ -8,8 +8,14 @@ from pathlib import Path
 import pytest
 
 import common.data
-from common.data import ColumnSpec, Schema, TargetRule, bundled_schema_names, load_schema
-from common.data.schema import parse_schema
+from common.data import (
+    ColumnSpec,
+    Schema,
+    TargetRule,
+    bundled_schema_names,
+    load_schema,
+    parse_schema,
+)
 from common.errors import SchemaError
 
 VALID_YAML = """\

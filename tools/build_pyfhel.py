@@ -114,6 +114,7 @@ def build(wheel_dir: Path, local_sdist: str | None, python: str) -> Path:
             [python, "-m", "pip", "wheel", "--no-deps", "-w", str(out), str(source)],
             check=True,
             env=env,
+            stdout=sys.stderr,  # stdout carries only the wheel path (read by the Makefile)
         )
         built = sorted(out.glob("*.whl"))
         if len(built) != 1:

@@ -18,14 +18,8 @@ from common.data.partition import (
     write_partitions,
 )
 from common.data.reader import parse_frame, read_csv, read_raw
-from common.data.schema import (
-    ColumnSpec,
-    Schema,
-    TargetRule,
-    bundled_schema_names,
-    load_schema,
-    parse_schema,
-)
+from common.data.schema import ColumnSpec, Schema, TargetRule
+from common.data.schema_yaml import bundled_schema_names, load_schema, parse_schema
 
 __all__ = [
     "ICD9_GROUPS",
