@@ -254,6 +254,7 @@ class Coordinator:
                     "bytes_uploaded": r.bytes_uploaded,
                     "train_loss": r.train_loss,
                     "holdout_metrics_mean": r.model_metrics,
+                    "holdout_metrics_by_hospital": r.hospital_metrics,
                     "aggregate": r.aggregate_ref,
                 }
                 for r in self.state.history

@@ -71,6 +71,7 @@ class RoundRecord:
     aggregate_ref: str
     aggregate_sha256: str
     model_metrics: dict[str, float] | None = None
+    hospital_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -156,6 +157,11 @@ def mean_metrics(reports: list[dict[str, float]]) -> dict[str, float] | None:
     return out or None
 
 
+def finite_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """The hold-out metrics of one hospital, without undefined values (e.g. a one-class AUC)."""
+    return {k: metrics[k] for k in METRIC_NAMES if k in metrics and math.isfinite(metrics[k])}
+
+
 def close_round(
     plan: RunPlan, state: RunState, *, aggregate_ref: str, aggregate_sha256: str, now: float
 ) -> RunState:
@@ -175,7 +181,9 @@ def close_round(
     history = list(state.history)
     if history:
         history[-1] = replace(
-            history[-1], model_metrics=mean_metrics([a.metrics for a in state.accepted])
+            history[-1],
+            model_metrics=mean_metrics([a.metrics for a in state.accepted]),
+            hospital_metrics={a.hospital: finite_metrics(a.metrics) for a in state.accepted},
         )
     history.append(record)
     last = state.round >= plan.rounds
@@ -219,7 +227,9 @@ def finish_run(state: RunState) -> RunState:
     history = list(state.history)
     if history:
         history[-1] = replace(
-            history[-1], model_metrics=mean_metrics([m for _, m in state.final_reports])
+            history[-1],
+            model_metrics=mean_metrics([m for _, m in state.final_reports]),
+            hospital_metrics={h: finite_metrics(m) for h, m in state.final_reports},
         )
     return replace(state, phase="done", history=tuple(history))
 

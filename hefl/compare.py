@@ -12,6 +12,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,7 @@ from common.crypto import (
     plain_cipher,
     run_key_ceremony,
 )
+from common.errors import ConfigError
 from common.metrics import Metrics
 from coordinator.state import RoundRecord, RunState
 from hefl.simulation import Cohort, SimulationConfig, load_cohort, run_federated
@@ -96,14 +98,28 @@ def render_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+OUTPUT_MARKER = ".hefl-output"
+
+
+def prepare_output(out: Path) -> Path:
+    """Start from an empty output folder, but never delete a folder this tool did not make."""
+    if out.exists() and any(out.iterdir()):
+        if not (out / OUTPUT_MARKER).exists():
+            raise ConfigError(
+                f"output folder {out} is not empty and was not written by hefl; "
+                "choose another --out (it is replaced on every run)"
+            )
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / OUTPUT_MARKER).write_text("written by hefl simulate; replaced on every run\n")
+    return out
+
+
 def run_comparison(
     config: SimulationConfig, *, emit: Callable[[str], None] = print, baselines: bool = True
 ) -> dict[str, Any]:
     """Run the whole comparison and write ``summary.json`` and the models under ``config.out``."""
-    out = config.out
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    out = prepare_output(config.out)
     emit(
         f"data: {config.csv} ({config.schema}), {config.hospitals} hospitals, "
         f"partition {config.partition}, {config.rounds} rounds, seed {config.seed}"

@@ -86,6 +86,10 @@ def test_every_round_is_summarized_with_holdout_metrics(comparison: tuple) -> No
         assert record["accepted"] == ["hospital-1", "hospital-2", "hospital-3"]
         metrics = record["holdout_metrics_mean"]
         assert 0.0 <= metrics["auc"] <= 1.0 and metrics["loss"] > 0
+        by_hospital = record["holdout_metrics_by_hospital"]
+        assert sorted(by_hospital) == ["hospital-1", "hospital-2", "hospital-3"]
+        mean_loss = sum(m["loss"] for m in by_hospital.values()) / 3
+        assert mean_loss == pytest.approx(metrics["loss"])
     assert run["rejected"] == {}
 
 
@@ -134,3 +138,13 @@ def test_cli_reports_a_bad_csv_with_its_exit_code(tmp_path: Path, capsys) -> Non
     code = main(["simulate", "--csv", str(bad), "--out", str(tmp_path / "o")])
     assert code == 3
     assert "bad.csv" in capsys.readouterr().err
+
+
+def test_simulate_refuses_to_replace_a_folder_it_did_not_write(tmp_path: Path, capsys) -> None:
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    code = main(["simulate", "--csv", str(tmp_path / "x.csv"), "--out", str(precious)])
+    assert code == 2
+    assert "not written by hefl" in capsys.readouterr().err
+    assert (precious / "notes.txt").read_text() == "keep me"
