@@ -85,13 +85,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_flags(sim)
     sim.add_argument("--rounds", type=_positive_int, default=10)
     sim.add_argument("--scheme", choices=("ckks", "bfv"), default="ckks")
+    model = ModelConfig()  # the flags' defaults are the model's defaults
     sim.add_argument(
-        "--hidden", type=_units, default=(128,), help="hidden layer sizes, e.g. 128,64"
+        "--hidden",
+        type=_units,
+        default=model.hidden_units,
+        help="hidden layer sizes, e.g. 128,64 (default: 128)",
     )
-    sim.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
-    sim.add_argument("--learning-rate", type=float, default=0.01)
-    sim.add_argument("--batch-size", type=_positive_int, default=32)
-    sim.add_argument("--local-epochs", type=_positive_int, default=1)
+    sim.add_argument("--optimizer", choices=("sgd", "adam"), default=model.optimizer)
+    sim.add_argument("--learning-rate", type=float, default=model.learning_rate)
+    sim.add_argument("--batch-size", type=_positive_int, default=model.batch_size)
+    sim.add_argument(
+        "--local-epochs",
+        type=_positive_int,
+        default=model.local_epochs,
+        help="local epochs per round (default: %(default)s)",
+    )
     sim.add_argument("--min-hospitals", type=_positive_int, default=None)
     sim.add_argument(
         "--no-baselines",

@@ -148,3 +148,24 @@ def test_simulate_refuses_to_replace_a_folder_it_did_not_write(tmp_path: Path, c
     assert code == 2
     assert "not written by hefl" in capsys.readouterr().err
     assert (precious / "notes.txt").read_text() == "keep me"
+
+
+def test_simulate_flag_defaults_are_the_model_defaults() -> None:
+    from hefl.cli import build_parser
+
+    args = build_parser().parse_args(["simulate"])
+    model = ModelConfig()
+    flags = (args.hidden, args.optimizer, args.learning_rate, args.batch_size, args.local_epochs)
+    assert flags == (
+        model.hidden_units,
+        model.optimizer,
+        model.learning_rate,
+        model.batch_size,
+        model.local_epochs,
+    )
+    assert (args.hospitals, args.rounds, args.partition, args.scheme) == (
+        4,
+        10,
+        "dirichlet",
+        "ckks",
+    )

@@ -113,7 +113,7 @@ def run_key_ceremony(
         if existing and not overwrite:
             raise KeyBundleError(
                 f"{directory} already holds a key bundle ({', '.join(existing)}); "
-                "pass overwrite=True to replace it"
+                "replace it with `hefl keygen --overwrite` (overwrite=True)"
             )
     keys = generate_keys(config)
     contents = {CONTEXT: keys.context, PUBLIC_KEY: keys.public_key, SECRET_KEY: keys.secret_key}
