@@ -26,9 +26,8 @@ from common.messages import (
     RunFinished,
     UpdateFailed,
     UpdateSubmitted,
-    decode,
-    encode,
 )
+from common.signing import MessageCodec, SignatureError
 from common.store import Store, get_verified, sha256_hex
 from common.transport import ANNOUNCE, SUBMIT, Transport
 from coordinator import state as sm
@@ -49,10 +48,12 @@ class Coordinator:
         transport: Transport,
         store: Store,
         aggregator: Aggregator,
+        codec: MessageCodec,
         clock: Callable[[], float] = time.time,
         on_progress: ProgressCallback | None = None,
     ) -> None:
         self.plan = plan
+        self._codec = codec
         self._transport = transport
         self._store = store
         self._aggregator = aggregator
@@ -104,7 +105,10 @@ class Coordinator:
     def handle(self, body: bytes) -> None:
         """Handle one submission-topic message; bad input is counted and logged, never raised."""
         try:
-            message = decode(body)
+            message = self._codec.decode(body)
+        except SignatureError as exc:
+            self._reject("bad-signature", str(exc))
+            return
         except ProtocolError as exc:
             self._reject("malformed", str(exc))
             return
@@ -226,7 +230,7 @@ class Coordinator:
             )
         else:
             return
-        self._transport.publish(ANNOUNCE, encode(message))
+        self._transport.publish(ANNOUNCE, self._codec.encode(message))
 
     # -- persistence and reporting ---------------------------------------------------------------
 

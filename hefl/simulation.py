@@ -7,8 +7,6 @@ cipher/aggregator pair, so encrypted and plaintext FedAvg share one code path.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -23,6 +21,8 @@ from common.data import FeatureEncoder, Schema, load_schema, partition, read_csv
 from common.data.partition import Method
 from common.errors import HeflError
 from common.model import ModelConfig, initial_weights
+from common.runconfig import hospital_names, run_config_digest, split_seed
+from common.signing import MessageCodec, generate_identities
 from common.store import LocalStore
 from common.transport import InMemoryTransport
 from coordinator.service import Coordinator
@@ -99,15 +99,18 @@ def load_cohort(config: SimulationConfig) -> Cohort:
         seed=config.seed,
     )
     encoder = FeatureEncoder(schema)
+    names = hospital_names(config.hospitals)
     data = []
     for index, part in enumerate(parts):
         train, test = split_by_patient(
-            part, schema, test_fraction=config.test_fraction, seed=config.seed + index
+            part,
+            schema,
+            test_fraction=config.test_fraction,
+            seed=split_seed(config.seed, names[index]),
         )
         x_train, y_train = encoder.transform(train)
         x_test, y_test = encoder.transform(test)
         data.append(LocalData(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test))
-    names = tuple(f"hospital-{i + 1}" for i in range(config.hospitals))
     return Cohort(
         names=names,
         data=tuple(data),
@@ -117,16 +120,14 @@ def load_cohort(config: SimulationConfig) -> Cohort:
 
 
 def config_digest(config: SimulationConfig, cohort: Cohort) -> str:
-    """What every participant must agree on: model, HE parameters, feature layout, seed."""
-    material = {
-        "model": config.model.to_dict(),
-        "he": config.he.to_dict(),
-        "layout": cohort.layout_digest,
-        "n_features": cohort.n_features,
-        "seed": config.seed,
-        "rounds": config.rounds,
-    }
-    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+    return run_config_digest(
+        model=config.model,
+        he=config.he,
+        layout_digest=cohort.layout_digest,
+        n_features=cohort.n_features,
+        seed=config.seed,
+        rounds=config.rounds,
+    )
 
 
 def run_federated(
@@ -152,8 +153,14 @@ def run_federated(
         final_timeout=600.0,
         config_digest=digest,
     )
+    identities, trust = generate_identities(list(cohort.names))
     coordinator = Coordinator(
-        plan, transport=transport, store=store, aggregator=aggregator, on_progress=on_progress
+        plan,
+        transport=transport,
+        store=store,
+        aggregator=aggregator,
+        codec=MessageCodec(identities["coordinator"], trust),
+        on_progress=on_progress,
     )
     start_weights = initial_weights(config.model, cohort.n_features, config.seed)
     hospitals = [
@@ -165,6 +172,7 @@ def run_federated(
             cipher=cipher_for(name),
             transport=transport,
             store=store,
+            codec=MessageCodec(identities[name], trust),
             initial_weights=start_weights,
             seed=config.seed,
             config_digest=digest,

@@ -29,10 +29,9 @@ from common.messages import (
     RunFinished,
     UpdateFailed,
     UpdateSubmitted,
-    decode,
-    encode,
 )
 from common.metrics import Metrics
+from common.signing import MessageCodec
 from common.store import Store, get_verified, sha256_hex
 from common.transport import ANNOUNCE, SUBMIT, Transport
 from hospital_node.training import FitResult
@@ -97,6 +96,7 @@ class Hospital:
         cipher: Cipher,
         transport: Transport,
         store: Store,
+        codec: MessageCodec,
         initial_weights: np.ndarray,
         seed: int,
         config_digest: str,
@@ -110,6 +110,8 @@ class Hospital:
         self._cipher = cipher
         self._transport = transport
         self._store = store
+        self._codec = codec
+        self.rejected: dict[str, int] = {}
         self._initial = np.asarray(initial_weights, dtype=np.float32)
         self._seed = seed
         self._config_digest = config_digest
@@ -124,13 +126,17 @@ class Hospital:
         (needed when joining a run in progress; the embedded simulation starts everyone first)."""
         self._transport.subscribe(ANNOUNCE, self.handle)
         if hello:
-            self._transport.publish(SUBMIT, encode(Hello(run=self.run, hospital=self.hospital)))
+            self._transport.publish(
+                SUBMIT, self._codec.encode(Hello(run=self.run, hospital=self.hospital))
+            )
 
     def handle(self, body: bytes) -> None:
         try:
-            message = decode(body)
+            message = self._codec.decode(body)
         except ProtocolError as exc:
-            self._log("message_rejected", level=logging.WARNING, reason="malformed", detail=exc)
+            reason = type(exc).__name__
+            self.rejected[reason] = self.rejected.get(reason, 0) + 1
+            self._log("message_rejected", level=logging.WARNING, reason=reason, detail=exc)
             return
         if getattr(message, "run", None) != self.run:
             return
@@ -160,7 +166,7 @@ class Hospital:
             failed = UpdateFailed(
                 run=self.run, round=msg.round, hospital=self.hospital, error=str(exc)[:500]
             )
-            self._transport.publish(SUBMIT, encode(failed))
+            self._transport.publish(SUBMIT, self._codec.encode(failed))
             return
         self._answered = {msg.round: reply}
         self._transport.publish(SUBMIT, reply)
@@ -187,7 +193,7 @@ class Hospital:
             "loss": held_out.loss,
             "train_loss": fit.loss,
         }
-        return encode(
+        return self._codec.encode(
             UpdateSubmitted(
                 run=self.run,
                 round=msg.round,
@@ -217,7 +223,7 @@ class Hospital:
             hospital=self.hospital,
             metrics={"auc": metrics.auc, "accuracy": metrics.accuracy, "loss": metrics.loss},
         )
-        self._transport.publish(SUBMIT, encode(report))
+        self._transport.publish(SUBMIT, self._codec.encode(report))
         self._log("final_model_saved", auc=metrics.auc)
 
     def _log(self, event: str, *, level: int = logging.INFO, **fields: object) -> None:

@@ -22,8 +22,9 @@ from common.crypto import (
     run_key_ceremony,
 )
 from common.errors import TrainingError
-from common.messages import UpdateSubmitted, encode
+from common.messages import RoundStarted, UpdateSubmitted, encode
 from common.model import ModelConfig, initial_weights
+from common.signing import MessageCodec, generate_identities
 from common.store import InMemoryStore, sha256_hex
 from common.transport import SUBMIT, InMemoryTransport
 from coordinator.service import Coordinator
@@ -47,6 +48,11 @@ def make_data(index: int, n: int) -> LocalData:
 
 
 DATA = {f"h{i}": make_data(i, 80 + 40 * i) for i in range(1, 4)}
+IDENTITIES, TRUST = generate_identities(["h1", "h2", "h3"])
+
+
+def codec(name: str) -> MessageCodec:
+    return MessageCodec(IDENTITIES[name], TRUST)
 
 
 class FailingTrainer(LocalTrainer):
@@ -77,6 +83,7 @@ class Cluster:
             cipher=cipher or plain_cipher(),
             transport=self.transport,
             store=self.store,
+            codec=codec(name),
             initial_weights=initial_weights(MODEL, N_FEATURES, SEED),
             seed=SEED,
             config_digest=DIGEST,
@@ -91,6 +98,7 @@ class Cluster:
             transport=self.transport,
             store=self.store,
             aggregator=aggregator or plain_aggregator(),
+            codec=codec("coordinator"),
             clock=self.clock,
         )
         self.coordinator.start()
@@ -187,16 +195,24 @@ def test_garbage_and_forgeries_are_counted_and_the_run_still_completes(
     forged_blob = b"not a ciphertext"
     key = layout.update_key("run-1", 1, "h2")
     cluster.store.put("runs/run-1/elsewhere.blob", forged_blob)
+    outsider_ids, outsider_trust = generate_identities(["h2"])
+    outsider = MessageCodec(outsider_ids["h2"], outsider_trust)  # right name, wrong key
+
+    def update(**fields: object) -> UpdateSubmitted:
+        values: dict = dict(run="run-1", round=1, hospital="h2", blob_ref=key, sha256="0" * 64)
+        values.update(fields)
+        return UpdateSubmitted(**values)
+
     bad = [
         b"\x00\xff garbage",
         b'{"type": "UpdateSubmitted"}',
-        encode(UpdateSubmitted(run="run-1", round=1, hospital="h9", blob_ref=key, sha256="0" * 64)),
-        encode(UpdateSubmitted(run="other", round=1, hospital="h1", blob_ref=key, sha256="0" * 64)),
-        encode(UpdateSubmitted(run="run-1", round=1, hospital="h2", blob_ref=key, sha256="0" * 64)),
-        encode(
-            UpdateSubmitted(
-                run="run-1",
-                round=1,
+        encode(update()),  # valid message, unsigned
+        outsider.encode(update()),  # forged signature
+        codec("h1").encode(update()),  # h1 speaking for h2
+        codec("h1").encode(update(run="other", hospital="h1")),
+        codec("h2").encode(update()),  # right signer, digest does not match the stored blob
+        codec("h3").encode(
+            update(
                 hospital="h3",
                 blob_ref="runs/run-1/elsewhere.blob",
                 sha256=sha256_hex(forged_blob),
@@ -207,13 +223,33 @@ def test_garbage_and_forgeries_are_counted_and_the_run_still_completes(
         cluster.transport.publish(SUBMIT, body)
     cluster.run_to_end()
     assert coordinator.state.phase == "done"
-    rejected = coordinator.state.rejected
-    assert rejected["malformed"] == 2
-    assert rejected["unknown-hospital"] == 1
-    assert rejected["other-run"] == 1
-    assert rejected["bad-ref"] == 1
-    assert rejected["StoreError"] == 1  # h2's real blob does not match the forged digest
+    assert coordinator.state.rejected == {
+        "malformed": 1,
+        "bad-signature": 4,
+        "other-run": 1,
+        "StoreError": 1,
+        "bad-ref": 1,
+    }
     np.testing.assert_allclose(cluster.hospitals["h1"].final_weights, reference, atol=1e-6)
+
+
+def test_hospitals_ignore_a_forged_round_announcement() -> None:
+    cluster = full_cluster(rounds=1)
+    forged = codec("h1").encode(
+        RoundStarted(
+            run="run-1",
+            round=1,
+            global_ref=None,
+            global_sha256=None,
+            deadline=1e12,
+            config_digest=DIGEST,
+        )
+    )
+    cluster.transport.publish("announce", forged)
+    cluster.transport.deliver_all()
+    for hospital in cluster.hospitals.values():
+        assert hospital.rejected == {"SignatureError": 1}
+    assert cluster.store.list() == []  # nobody trained on the forged announcement
 
 
 def test_a_replayed_submission_from_an_earlier_round_is_rejected_as_late() -> None:
@@ -223,7 +259,10 @@ def test_a_replayed_submission_from_an_earlier_round_is_rejected_as_late() -> No
     cluster.transport.subscribe(SUBMIT, captured.append)
     while coordinator.state.round < 2:
         cluster.transport.deliver_all(limit=1)
-    first_round = [b for b in captured if b'"round":1' in b and b"UpdateSubmitted" in b]
+    reader = codec("coordinator")
+    first_round = [
+        b for b in captured if isinstance(m := reader.decode(b), UpdateSubmitted) and m.round == 1
+    ]
     assert first_round
     cluster.transport.publish(SUBMIT, first_round[0])
     cluster.run_to_end()
