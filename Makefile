@@ -11,14 +11,19 @@ STAMP := $(VENV)/.hefl-installed
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 OUT ?= out/demo
+# TensorFlow Federated pins TensorFlow 2.14 / numpy 1.x: it lives in its own environment.
+TFF_VENV ?= .venv-tff
 
-.PHONY: help install test demo lint format clean
+.PHONY: help install test demo lint format clean tff-env demo-tff broker
 
 help:
 	@echo "make demo     run the main job: 4 hospitals, 10 encrypted FedAvg rounds on Diabetes-130"
 	@echo "make test     run the whole test suite"
 	@echo "make install  create $(VENV) and install everything (idempotent)"
 	@echo "make lint     ruff and mypy"
+	@echo "make tff-env  create $(TFF_VENV), TensorFlow Federated's own environment (idempotent)"
+	@echo "make demo-tff the demo's federated run with TensorFlow Federated as the engine"
+	@echo "make broker   install (Debian) and start a local RabbitMQ for the tests"
 	@echo "make clean    remove $(VENV), caches and demo output"
 
 install: $(STAMP)
@@ -31,8 +36,18 @@ $(STAMP): pyproject.toml tools/build_pyfhel.py
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $@
 
-test: install
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+test: install tff-env broker
+	HEFL_TFF_VENV=$(abspath $(TFF_VENV)) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+tff-env:
+	bash tools/setup_tff_env.sh $(TFF_VENV)
+
+demo-tff: install tff-env
+	HEFL_TFF_VENV=$(abspath $(TFF_VENV)) $(BIN)/hefl simulate --engine tff --out out/tff $(DEMO_ARGS)
+
+# A local RabbitMQ for the tests (Debian's rabbitmq-server; installs it when missing and root).
+broker:
+	bash tools/start_broker.sh
 
 demo: install
 	$(BIN)/hefl simulate --out $(OUT) $(DEMO_ARGS)
@@ -47,4 +62,4 @@ format: install
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(TFF_VENV) out .pytest_cache .mypy_cache .ruff_cache *.egg-info

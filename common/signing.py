@@ -162,7 +162,10 @@ class MessageCodec:
         self.trust = trust
 
     def encode(self, message: Message) -> bytes:
-        body = encode(message)
+        return self.wrap(encode(message))
+
+    def wrap(self, body: bytes) -> bytes:
+        """Sign raw body bytes (``encode`` does this for a message)."""
         signature = self.identity.key.sign(_CONTEXT + body)
         envelope = {
             "signer": self.identity.name,

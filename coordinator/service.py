@@ -276,6 +276,7 @@ class Coordinator:
 
     def _reject(self, reason: str, detail: str) -> None:
         self.state = sm.with_rejection(self.state, reason)
+        self._persist()  # counters survive a restart, and operators can watch them in the store
         self._log("message_rejected", level=logging.WARNING, reason=reason, detail=detail)
 
     def _log(self, event: str, *, level: int = logging.INFO, **fields: object) -> None:

@@ -14,25 +14,11 @@ from pathlib import Path
 
 from common.errors import ConfigError, HeflError
 from common.logs import configure
-from common.model import ModelConfig
+from common.store.url import STORE_ENV
+from hefl.deploy_cli import add_commands, run_command
+from hefl.flags import add_model_flags, model_from_args, positive_int
 
 DEFAULT_CSV = Path("../shared/data/diabetes130/diabetic_data.csv.gz")
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _units(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from exc
 
 
 def _add_data_flags(parser: argparse.ArgumentParser) -> None:
@@ -47,7 +33,7 @@ def _add_data_flags(parser: argparse.ArgumentParser) -> None:
         default="diabetes130",
         help="bundled schema name (diabetes130, johns_hospital) or a YAML path",
     )
-    parser.add_argument("--hospitals", type=_positive_int, default=4)
+    parser.add_argument("--hospitals", type=positive_int, default=4)
     parser.add_argument(
         "--partition",
         choices=("dirichlet", "iid", "column"),
@@ -70,12 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default=os.environ.get("HEFL_LOG_LEVEL", "WARNING"))
     sub = parser.add_subparsers(dest="command", required=True)
 
-    keygen = sub.add_parser("keygen", help="key ceremony: write hospital and coordinator bundles")
-    keygen.add_argument("--hospital-dir", type=Path, required=True)
-    keygen.add_argument("--coordinator-dir", type=Path, required=True)
-    keygen.add_argument("--scheme", choices=("ckks", "bfv"), default="ckks")
-    keygen.add_argument("--max-hospitals", type=_positive_int, default=None)
-    keygen.add_argument("--overwrite", action="store_true")
+    add_commands(sub)
 
     part = sub.add_parser("partition", help="split one CSV into per-hospital CSV files")
     _add_data_flags(part)
@@ -83,31 +64,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     sim = sub.add_parser("simulate", help="embedded run: coordinator and hospitals in one process")
     _add_data_flags(sim)
-    sim.add_argument("--rounds", type=_positive_int, default=10)
+    sim.add_argument("--rounds", type=positive_int, default=10)
     sim.add_argument("--scheme", choices=("ckks", "bfv"), default="ckks")
-    model = ModelConfig()  # the flags' defaults are the model's defaults
-    sim.add_argument(
-        "--hidden",
-        type=_units,
-        default=model.hidden_units,
-        help="hidden layer sizes, e.g. 128,64 (default: 128)",
-    )
-    sim.add_argument("--optimizer", choices=("sgd", "adam"), default=model.optimizer)
-    sim.add_argument("--learning-rate", type=float, default=model.learning_rate)
-    sim.add_argument("--batch-size", type=_positive_int, default=model.batch_size)
-    sim.add_argument(
-        "--local-epochs",
-        type=_positive_int,
-        default=model.local_epochs,
-        help="local epochs per round (default: %(default)s)",
-    )
-    sim.add_argument("--min-hospitals", type=_positive_int, default=None)
+    add_model_flags(sim)
+    sim.add_argument("--min-hospitals", type=positive_int, default=None)
     sim.add_argument(
         "--no-baselines",
         action="store_true",
         help="only the encrypted run (skip plaintext, local-only and centralized)",
     )
+    sim.add_argument(
+        "--engine",
+        choices=("hefl", "tff"),
+        default="hefl",
+        help="hefl: our encrypted FedAvg and baselines; tff: TensorFlow Federated's plaintext "
+        "FedAvg as a reference, run in .venv-tff (make tff-env)",
+    )
     sim.add_argument("--out", type=Path, default=Path("out/demo"))
+    sim.add_argument(
+        "--store",
+        default=os.environ.get(STORE_ENV) or None,
+        help=(
+            "store URL: a folder, file:///path or gdrive://FOLDER_ID (credentials from "
+            "$HEFL_GDRIVE_CREDENTIALS); default $HEFL_STORE, else a folder under --out"
+        ),
+    )
     return parser
 
 
@@ -121,18 +102,8 @@ def _he_config(scheme: str, max_hospitals: int | None) -> object:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.command == "keygen":
-        from common.crypto import run_key_ceremony
-
-        run_key_ceremony(
-            _he_config(args.scheme, args.max_hospitals),  # type: ignore[arg-type]
-            args.hospital_dir,
-            args.coordinator_dir,
-            overwrite=args.overwrite,
-        )
-        print(f"hospital bundle (secret key inside, keep private): {args.hospital_dir}")
-        print(f"coordinator bundle (public material only): {args.coordinator_dir}")
-        return 0
+    if args.command in ("keygen", "coordinator", "hospital"):
+        return run_command(args)
     if args.command == "partition":
         from common.data import load_schema, write_partitions
 
@@ -167,16 +138,16 @@ def _run(args: argparse.Namespace) -> int:
             rounds=args.rounds,
             seed=args.seed,
             min_hospitals=args.min_hospitals,
-            model=ModelConfig(
-                hidden_units=args.hidden,
-                optimizer=args.optimizer,
-                learning_rate=args.learning_rate,
-                batch_size=args.batch_size,
-                local_epochs=args.local_epochs,
-            ),
+            model=model_from_args(args),
             he=_he_config(args.scheme, max(args.hospitals, 100)),  # type: ignore[arg-type]
             out=args.out,
+            store=args.store,
         )
+        if args.engine == "tff":
+            from hefl.tff import run_tff_engine
+
+            run_tff_engine(config, emit=lambda line: print(line, flush=True))
+            return 0
         run_comparison(
             config, emit=lambda line: print(line, flush=True), baselines=not args.no_baselines
         )

@@ -26,6 +26,7 @@ from common.crypto import (
 )
 from common.errors import ConfigError
 from common.metrics import Metrics
+from common.store import LocalStore, Store, open_store
 from coordinator.state import RoundRecord, RunState
 from hefl.simulation import Cohort, SimulationConfig, load_cohort, run_federated
 from hospital_node.service import training_seed
@@ -134,6 +135,7 @@ def run_comparison(
     evaluator = LocalTrainer(config.model, cohort.n_features)
     keys = out / "keys"
     run_key_ceremony(config.he, keys / "hospital", keys / "coordinator")
+    store: Store = open_store(config.store) if config.store else LocalStore(out / "store")
     rows: list[Row] = []
     runs: dict[str, Any] = {}
 
@@ -145,7 +147,7 @@ def run_comparison(
             run=run,
             cipher_for=cipher_for,
             aggregator=aggregator,
-            store_dir=out / "store",
+            store=store,
             on_progress=progress_printer(config.rounds, config.hospitals, emit),
         )
         metrics = evaluator.evaluate(result.weights, x_test, y_test)

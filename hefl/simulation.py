@@ -1,8 +1,9 @@
 """The embedded deployment: a coordinator and N hospitals in one process.
 
 The same Coordinator and Hospital classes as the real deployment, wired to the in-memory
-transport and a local-directory store. ``run_federated`` runs one federated run with any
-cipher/aggregator pair, so encrypted and plaintext FedAvg share one code path.
+transport and the store named by ``SimulationConfig.store`` (a store URL; by default a local
+folder under ``out``). ``run_federated`` runs one federated run with any cipher/aggregator pair,
+so encrypted and plaintext FedAvg share one code path.
 """
 
 from __future__ import annotations
@@ -16,14 +17,15 @@ from typing import Any
 
 import numpy as np
 
+from common import layout
 from common.crypto import Aggregator, Cipher, HEConfig
 from common.data import FeatureEncoder, Schema, load_schema, partition, read_csv, split_by_patient
 from common.data.partition import Method
-from common.errors import HeflError
+from common.errors import ConfigError, HeflError
 from common.model import ModelConfig, initial_weights
 from common.runconfig import hospital_names, run_config_digest, split_seed
 from common.signing import MessageCodec, generate_identities
-from common.store import LocalStore
+from common.store import LocalStore, Store
 from common.transport import InMemoryTransport
 from coordinator.service import Coordinator
 from coordinator.state import RoundRecord, RunPlan, RunState
@@ -50,6 +52,7 @@ class SimulationConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     he: HEConfig = field(default_factory=HEConfig)
     out: Path = Path("out/demo")
+    store: str | None = None  # a store URL (common.store.open_store); None: <out>/store
 
 
 @dataclass(frozen=True, eq=False)
@@ -137,12 +140,23 @@ def run_federated(
     run: str,
     cipher_for: Callable[[str], Cipher],
     aggregator: Aggregator,
-    store_dir: Path,
+    store: Store | None = None,
+    store_dir: Path | None = None,
     on_progress: Callable[[RoundRecord, RunState], None] | None = None,
 ) -> FederatedResult:
-    """Run coordinator and hospitals to the end of the run; return the hospitals' final model."""
+    """Run coordinator and hospitals to the end of the run; return the hospitals' final model.
+
+    The store is ``store``, or a local folder ``store_dir``. An embedded run always starts
+    afresh: what an earlier simulation left under ``runs/<run>/`` in the store (which may outlive
+    ``out``, e.g. a Drive folder) is removed first.
+    """
+    if store is None and store_dir is not None:
+        store = LocalStore(store_dir)
+    elif store is None or store_dir is not None:
+        raise ConfigError("run_federated needs exactly one of store and store_dir")
     transport = InMemoryTransport()
-    store = LocalStore(store_dir)
+    for key in store.list(layout.run_prefix(run) + "/"):
+        store.delete(key)
     digest = config_digest(config, cohort)
     plan = RunPlan(
         run=run,

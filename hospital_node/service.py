@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 import numpy as np
 
@@ -34,7 +34,9 @@ from common.metrics import Metrics
 from common.signing import MessageCodec
 from common.store import Store, get_verified, sha256_hex
 from common.transport import ANNOUNCE, SUBMIT, Transport
-from hospital_node.training import FitResult
+
+if TYPE_CHECKING:  # training imports TensorFlow; the protocol code does not need it
+    from hospital_node.training import FitResult
 
 logger = logging.getLogger("hefl.hospital")
 
@@ -117,7 +119,7 @@ class Hospital:
         self._config_digest = config_digest
         self._out_dir = out_dir
         self._clock = clock
-        self._answered: dict[int, bytes] = {}
+        self._answered: set[int] = set()
         self.final_weights: np.ndarray | None = None
         self.final_metrics: Metrics | None = None
 
@@ -152,8 +154,11 @@ class Hospital:
         return average_from_sum(total, self._initial.shape[0])
 
     def _on_round(self, msg: RoundStarted) -> None:
-        if msg.round in self._answered:  # at-least-once delivery: answer again, do not retrain
-            self._transport.publish(SUBMIT, self._answered[msg.round])
+        if msg.round in self._answered:
+            # A re-announcement (another hospital joined, or the coordinator restarted). Our reply
+            # is already in the coordinator's durable queue or accepted in its persisted state,
+            # so answering again would only produce a late duplicate.
+            self._log("round_already_answered", level=logging.DEBUG, round=msg.round)
             return
         if self._clock() > msg.deadline:
             self._log("round_skipped", round=msg.round, reason="deadline passed")
@@ -168,7 +173,7 @@ class Hospital:
             )
             self._transport.publish(SUBMIT, self._codec.encode(failed))
             return
-        self._answered = {msg.round: reply}
+        self._answered.add(msg.round)
         self._transport.publish(SUBMIT, reply)
         self._log("update_submitted", round=msg.round, seconds=time.perf_counter() - started)
 

@@ -76,6 +76,15 @@ def _translating(action: str) -> Iterator[None]:
         raise TrainingError(f"could not {action}: {type(exc).__name__}: {exc}") from exc
 
 
+def epoch_orders(rows: int, epochs: int, seed: int) -> list[np.ndarray]:
+    """The row order of each epoch of one :meth:`LocalTrainer.fit` with this ``seed``.
+
+    Public so that the TFF reference engine (``hefl.tff``) trains on exactly the same batches.
+    """
+    rng = np.random.default_rng(seed)
+    return [rng.permutation(rows) for _ in range(epochs)]
+
+
 def metrics_path(model_path: Path) -> Path:
     """Where :meth:`LocalTrainer.save_model` puts the metrics of ``model_path``."""
     return model_path.with_suffix(METRICS_SUFFIX)
@@ -128,14 +137,13 @@ class LocalTrainer:
             raise TrainingError("cannot train on zero rows")
         if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
             raise ConfigError(f"training seed must be a non-negative integer, got {seed!r}")
-        rng = np.random.default_rng(seed)
+        orders = epoch_orders(len(features), self._config.local_epochs, seed)
         started = time.perf_counter()
         loss = math.nan
         with _translating("train the model"):
             self._load(weights)
             self._reset_optimizer()
-            for _ in range(self._config.local_epochs):
-                order = rng.permutation(len(features))
+            for order in orders:
                 history = self._model.fit(
                     features[order],
                     labels[order],

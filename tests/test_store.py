@@ -10,11 +10,15 @@ import pytest
 
 from common.errors import BlobNotFoundError, HeflError, StoreError
 from common.store import InMemoryStore, LocalStore, Store, check_key, get_verified, sha256_hex
+from tests.drive_helpers import drive_store
 
-# A new backend (e.g. Google Drive, against a fake service) joins the contract by adding a factory.
+# A new backend joins the contract by adding a factory. "gdrive" is the Google Drive store
+# driven through googleapiclient against the local fake of the Drive v3 API (tests/fake_drive.py),
+# with chunks, pages and the multipart limit small enough that every path is exercised.
 STORE_FACTORIES: dict[str, Callable[[Path], Store]] = {
     "local": lambda tmp_path: LocalStore(tmp_path / "store"),
     "in-memory": lambda tmp_path: InMemoryStore(),
+    "gdrive": lambda tmp_path: drive_store(tmp_path),
 }
 
 INVALID_KEYS = [

@@ -1,0 +1,87 @@
+"""Bounded retries with exponential backoff and jitter, for remote stores.
+
+The policy is plain data and the delay a pure function, so tests check the schedule without
+waiting; the caller injects ``sleep`` and ``rand`` (``time.sleep`` and ``random.random`` in
+production, a recorder and a constant in tests).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final, TypeVar
+
+T = TypeVar("T")
+
+DEFAULT_ATTEMPTS: Final = 6
+DEFAULT_BASE_DELAY: Final = 1.0
+DEFAULT_MAX_DELAY: Final = 32.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetryPolicy:
+    """``attempts`` tries in all; before try n+1 wait about ``base_delay * 2**n`` seconds."""
+
+    attempts: int = DEFAULT_ATTEMPTS
+    base_delay: float = DEFAULT_BASE_DELAY
+    max_delay: float = DEFAULT_MAX_DELAY
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1 or self.base_delay < 0 or self.max_delay < self.base_delay:
+            raise ValueError(f"invalid retry policy {self!r}")
+
+
+def backoff_delay(
+    policy: RetryPolicy, retry: int, rand: float, retry_after: float | None = None
+) -> float:
+    """Seconds to wait before retry number ``retry`` (0-based), with "equal jitter".
+
+    Half of the exponential step is fixed and half is random (``rand`` in [0, 1)), so clients that
+    failed together spread out but none retries at once. A server's ``Retry-After`` is honoured
+    when it asks for longer, up to ``max_delay``.
+    """
+    step = min(policy.max_delay, policy.base_delay * 2.0**retry)
+    delay = step / 2.0 + step / 2.0 * rand
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, policy.max_delay))
+    return delay
+
+
+class RetriesExhausted(Exception):
+    """Raised by :func:`call_with_retries` with the last transient error as ``__cause__``."""
+
+    def __init__(self, attempts: int, last: BaseException) -> None:
+        super().__init__(f"gave up after {attempts} attempts: {last}")
+        self.attempts = attempts
+        self.last = last
+
+
+def call_with_retries(
+    action: Callable[[], T],
+    *,
+    policy: RetryPolicy,
+    transient: Callable[[BaseException], tuple[bool, float | None]],
+    sleep: Callable[[float], None],
+    rand: Callable[[], float],
+    on_retry: Callable[[int, float, BaseException], None] | None = None,
+) -> T:
+    """Run ``action``; retry it while ``transient(error)`` says ``(True, retry_after)``.
+
+    A permanent error propagates unchanged; after ``policy.attempts`` transient failures
+    ``RetriesExhausted`` is raised. ``action`` must be safe to repeat (resumable transfers keep
+    their progress between calls).
+    """
+    for attempt in range(policy.attempts):
+        try:
+            return action()
+        except Exception as exc:
+            retryable, retry_after = transient(exc)
+            if not retryable:
+                raise
+            if attempt + 1 == policy.attempts:
+                raise RetriesExhausted(policy.attempts, exc) from exc
+            delay = backoff_delay(policy, attempt, rand(), retry_after)
+            if on_retry is not None:
+                on_retry(attempt + 1, delay, exc)
+            sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover

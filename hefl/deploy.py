@@ -1,0 +1,247 @@
+"""The distributed deployment: key material layout, and the coordinator and hospital processes.
+
+The same Coordinator and Hospital classes as the embedded simulation, wired to RabbitMQ and a
+store chosen by URL. Every setting arrives here as a validated value from ``hefl.deploy_cli``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import resource
+import signal
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from common.crypto import (
+    HEConfig,
+    load_coordinator_bundle,
+    load_hospital_bundle,
+    open_aggregator,
+    open_cipher,
+    run_key_ceremony,
+)
+from common.data import FeatureEncoder, load_schema, read_csv, split_by_patient
+from common.errors import HeflError
+from common.logs import log_event
+from common.model import ModelConfig, initial_weights
+from common.runconfig import run_config_digest, split_seed
+from common.signing import (
+    COORDINATOR,
+    SIGNING_KEY_FILE,
+    TRUST_FILE,
+    MessageCodec,
+    issue_identities,
+    load_identity,
+    load_trust,
+)
+from common.store.url import open_store
+from common.transport.rabbitmq import RabbitMQTransport
+from coordinator.service import Coordinator
+from coordinator.state import RoundRecord, RunPlan, RunState
+from hospital_node.service import Hospital, LocalData
+
+logger = logging.getLogger("hefl.deploy")
+
+
+@dataclass(frozen=True)
+class KeyLayout:
+    """Where the key ceremony puts each role's material under one folder.
+
+    ``he-hospital/`` (holds the HE secret key: hospitals only), ``he-coordinator/`` (public HE
+    material), ``identities/<name>/signing_key.pem`` (one per participant) and
+    ``identities/trust.json`` (everyone's verification keys; public).
+    """
+
+    root: Path
+
+    @property
+    def he_hospital(self) -> Path:
+        return self.root / "he-hospital"
+
+    @property
+    def he_coordinator(self) -> Path:
+        return self.root / "he-coordinator"
+
+    @property
+    def trust(self) -> Path:
+        return self.root / "identities" / TRUST_FILE
+
+    def signing_key(self, name: str) -> Path:
+        return self.root / "identities" / name / SIGNING_KEY_FILE
+
+    def codec(self, name: str) -> MessageCodec:
+        return MessageCodec(load_identity(self.signing_key(name), name), load_trust(self.trust))
+
+
+def key_ceremony(root: Path, he: HEConfig, hospitals: list[str], *, overwrite: bool) -> KeyLayout:
+    layout = KeyLayout(root)
+    run_key_ceremony(he, layout.he_hospital, layout.he_coordinator, overwrite=overwrite)
+    issue_identities(root / "identities", hospitals)
+    return layout
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSettings:
+    """What coordinator and hospitals must agree on (their digest is announced every round)."""
+
+    run: str
+    rounds: int
+    seed: int
+    schema: str
+    model: ModelConfig
+
+    def digest(self, he: HEConfig) -> str:
+        encoder = FeatureEncoder(load_schema(self.schema))
+        return run_config_digest(
+            model=self.model,
+            he=he,
+            layout_digest=encoder.layout_digest,
+            n_features=encoder.n_features,
+            seed=self.seed,
+            rounds=self.rounds,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Endpoints:
+    keys: Path
+    store: str
+    broker: str
+    prefix: str = "hefl"
+
+
+def _stop_on_signals(flag: threading.Event) -> None:
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        log_event(logger, "signal_received", signal=signal.Signals(signum).name)
+        flag.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handler)
+
+
+def progress_line(record: RoundRecord, state: RunState, total: int) -> str:
+    metrics = record.model_metrics or {}
+    return (
+        f"round {record.round}/{total} closed: hospitals {len(record.accepted)} "
+        f"failed {len(record.failed)} auc {metrics.get('auc', math.nan):.4f} "
+        f"loss {metrics.get('loss', math.nan):.4f} seconds {record.seconds:.1f} "
+        f"uploaded {record.bytes_uploaded} rejected {sum(state.rejected.values())}"
+    )
+
+
+def run_coordinator(
+    settings: RunSettings,
+    endpoints: Endpoints,
+    *,
+    hospitals: tuple[str, ...] | None,
+    min_hospitals: int | None,
+    round_timeout: float,
+    final_timeout: float,
+) -> int:
+    """Run (or resume) one federated run to its end; 0 when done, 1 when it failed."""
+    layout = KeyLayout(endpoints.keys)
+    bundle = load_coordinator_bundle(layout.he_coordinator)
+    codec = layout.codec(COORDINATOR)
+    names = hospitals or codec.trust.hospitals
+    plan = RunPlan(
+        run=settings.run,
+        rounds=settings.rounds,
+        hospitals=tuple(names),
+        min_hospitals=min_hospitals or len(names),
+        round_timeout=round_timeout,
+        final_timeout=final_timeout,
+        config_digest=settings.digest(bundle.manifest.config),
+    )
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    transport = RabbitMQTransport(
+        url=endpoints.broker, identity=COORDINATOR, prefix=endpoints.prefix
+    )
+    try:
+        coordinator = Coordinator(
+            plan,
+            transport=transport,
+            store=open_store(endpoints.store),
+            aggregator=open_aggregator(layout.he_coordinator),
+            codec=codec,
+            on_progress=lambda record, state: print(
+                progress_line(record, state, plan.rounds), flush=True
+            ),
+        )
+        coordinator.start()
+        transport.serve(
+            stop=lambda: coordinator.finished or stop.is_set(),
+            on_idle=coordinator.tick,
+            idle_interval=0.5,
+        )
+    finally:
+        transport.close()
+    state = coordinator.state
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    log_event(logger, "coordinator_exit", run=plan.run, phase=state.phase, peak_rss_mb=peak_mb)
+    if state.phase == "done":
+        print(
+            f"run {plan.run} finished: {plan.rounds} rounds; peak RSS {peak_mb:.1f} MB", flush=True
+        )
+        return 0
+    if state.phase == "failed":
+        raise HeflError(f"run {plan.run} failed: {state.error}")
+    print(f"coordinator stopped in round {state.round}; restart it to resume", flush=True)
+    return 0
+
+
+def load_local_data(csv: Path, schema_name: str, hospital: str, seed: int) -> LocalData:
+    """A hospital's own CSV, split by patient and encoded with the schema's fixed layout."""
+    schema = load_schema(schema_name)
+    frame = read_csv(csv, schema)
+    train, test = split_by_patient(
+        frame, schema, test_fraction=0.2, seed=split_seed(seed, hospital)
+    )
+    encoder = FeatureEncoder(schema)
+    x_train, y_train = encoder.transform(train)
+    x_test, y_test = encoder.transform(test)
+    return LocalData(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+
+
+def run_hospital(
+    settings: RunSettings, endpoints: Endpoints, *, name: str, csv: Path, out: Path | None
+) -> int:
+    """Take part in the run until the final model is saved; 0 on success."""
+    from hospital_node.training import LocalTrainer  # TensorFlow: hospitals only
+
+    layout = KeyLayout(endpoints.keys)
+    bundle = load_hospital_bundle(layout.he_hospital)
+    codec = layout.codec(name)
+    data = load_local_data(csv, settings.schema, name, settings.seed)
+    n_features = data.x_train.shape[1]
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    transport = RabbitMQTransport(url=endpoints.broker, identity=name, prefix=endpoints.prefix)
+    try:
+        hospital = Hospital(
+            name,
+            run=settings.run,
+            data=data,
+            trainer=LocalTrainer(settings.model, n_features),
+            cipher=open_cipher(layout.he_hospital),
+            transport=transport,
+            store=open_store(endpoints.store),
+            codec=codec,
+            initial_weights=initial_weights(settings.model, n_features, settings.seed),
+            seed=settings.seed,
+            config_digest=settings.digest(bundle.manifest.config),
+            out_dir=out,
+        )
+        hospital.start(hello=True)
+        log_event(logger, "hospital_ready", run=settings.run, hospital=name, rows=len(data.y_train))
+        transport.serve(stop=lambda: hospital.final_weights is not None or stop.is_set())
+    finally:
+        transport.close()
+    if hospital.final_weights is not None and hospital.final_metrics is not None:
+        print(
+            f"{name}: final model saved, hold-out auc {hospital.final_metrics.auc:.4f}", flush=True
+        )
+    return 0
