@@ -211,18 +211,7 @@ def run_comparison(
         "parameter (float32: 4)"
     )
     summary = {
-        "config": {
-            "csv": str(config.csv),
-            "schema": config.schema,
-            "hospitals": config.hospitals,
-            "partition": config.partition,
-            "alpha": config.alpha,
-            "column": config.column,
-            "rounds": config.rounds,
-            "seed": config.seed,
-            "model": config.model.to_dict(),
-            "he": config.he.to_dict(),
-        },
+        "config": {**config.describe(), "he": config.he.to_dict()},
         "n_features": cohort.n_features,
         "parameters": int(encrypted.shape[0]),
         "upload": upload,

@@ -237,9 +237,15 @@ def run_hospital(
         )
         hospital.start(hello=True)
         log_event(logger, "hospital_ready", run=settings.run, hospital=name, rows=len(data.y_train))
-        transport.serve(stop=lambda: hospital.final_weights is not None or stop.is_set())
+        transport.serve(
+            stop=lambda: (
+                hospital.final_weights is not None or hospital.error is not None or stop.is_set()
+            )
+        )
     finally:
         transport.close()
+    if hospital.error is not None:
+        raise hospital.error
     if hospital.final_weights is not None and hospital.final_metrics is not None:
         print(
             f"{name}: final model saved, hold-out auc {hospital.final_metrics.auc:.4f}", flush=True

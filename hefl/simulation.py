@@ -54,6 +54,20 @@ class SimulationConfig:
     out: Path = Path("out/demo")
     store: str | None = None  # a store URL (common.store.open_store); None: <out>/store
 
+    def describe(self) -> dict[str, Any]:
+        """The settings a run summary records (``summary.json``'s ``config``)."""
+        return {
+            "csv": str(self.csv),
+            "schema": self.schema,
+            "hospitals": self.hospitals,
+            "partition": self.partition,
+            "alpha": self.alpha,
+            "column": self.column,
+            "rounds": self.rounds,
+            "seed": self.seed,
+            "model": self.model.to_dict(),
+        }
+
 
 @dataclass(frozen=True, eq=False)
 class Cohort:
@@ -205,6 +219,9 @@ def run_federated(
                 raise HeflError(f"run {run} stalled in phase {coordinator.state.phase}")
     if coordinator.state.phase == "failed":
         raise HeflError(f"run {run} failed: {coordinator.state.error}")
+    for hospital in hospitals:
+        if hospital.error is not None:
+            raise hospital.error
     finals = [h.final_weights for h in hospitals if h.final_weights is not None]
     if len(finals) != len(hospitals):
         raise HeflError(f"run {run}: only {len(finals)} hospitals kept the final model")

@@ -290,19 +290,7 @@ def run_tff_engine(
     emit(f"pooled hold-out: {len(y_test)} encounters, positive rate {float(np.mean(y_test)):.3f}")
     emit(render_table(rows))
     summary = {
-        "config": {
-            "engine": "tff",
-            "csv": str(config.csv),
-            "schema": config.schema,
-            "hospitals": config.hospitals,
-            "partition": config.partition,
-            "alpha": config.alpha,
-            "column": config.column,
-            "rounds": config.rounds,
-            "seed": config.seed,
-            "model": config.model.to_dict(),
-            "he": None,
-        },
+        "config": {"engine": "tff", **config.describe(), "he": None},
         "n_features": cohort.n_features,
         "parameters": evaluator.parameter_count,
         "upload": None,

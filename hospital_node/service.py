@@ -121,6 +121,7 @@ class Hospital:
         self._clock = clock
         self._answered: set[int] = set()
         self.final_weights: np.ndarray | None = None
+        self.error: HeflError | None = None  # set when the final model could not be kept
         self.final_metrics: Metrics | None = None
 
     def start(self, *, hello: bool = True) -> None:
@@ -220,8 +221,10 @@ class Hospital:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 self._trainer.save_model(weights, path, metrics)
         except (HeflError, OSError) as exc:
+            # Not raised: a transport handler would only log it. The process decides (exit 8).
             self._log("final_failed", level=logging.ERROR, error=exc)
-            raise TrainingError(f"{self.hospital}: cannot keep the final model: {exc}") from exc
+            self.error = TrainingError(f"{self.hospital}: cannot keep the final model: {exc}")
+            return
         self.final_weights, self.final_metrics = weights, metrics
         report = FinalReport(
             run=self.run,

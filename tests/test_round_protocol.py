@@ -55,6 +55,11 @@ def codec(name: str) -> MessageCodec:
     return MessageCodec(IDENTITIES[name], TRUST)
 
 
+class FullDiskTrainer(LocalTrainer):
+    def save_model(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        raise OSError(28, "No space left on device")
+
+
 class FailingTrainer(LocalTrainer):
     def fit(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         raise TrainingError("simulated out-of-memory during training")
@@ -74,7 +79,14 @@ class Cluster:
     def clock(self) -> float:
         return self.now[0]
 
-    def add_hospital(self, name: str, *, trainer: LocalTrainer | None = None, cipher=None) -> None:
+    def add_hospital(
+        self,
+        name: str,
+        *,
+        trainer: LocalTrainer | None = None,
+        cipher=None,
+        out_dir: Path | None = None,
+    ) -> None:
         hospital = Hospital(
             name,
             run=self.plan.run,
@@ -87,6 +99,7 @@ class Cluster:
             initial_weights=initial_weights(MODEL, N_FEATURES, SEED),
             seed=SEED,
             config_digest=DIGEST,
+            out_dir=out_dir,
             clock=self.clock,
         )
         hospital.start(hello=False)
@@ -330,3 +343,17 @@ def test_a_restarted_coordinator_resumes_the_round_without_losing_accepted_updat
     second.run_to_end()
     assert resumed.state.phase == "done"
     np.testing.assert_allclose(second.hospitals["h2"].final_weights, reference, atol=1e-6)
+
+
+def test_a_hospital_that_cannot_save_the_final_model_reports_the_error(tmp_path: Path) -> None:
+    cluster = Cluster(store=InMemoryStore(), plan=make_plan(rounds=1))
+    cluster.add_hospital("h1", out_dir=tmp_path)
+    cluster.add_hospital("h2", out_dir=tmp_path)
+    cluster.add_hospital("h3", trainer=FullDiskTrainer(MODEL, N_FEATURES), out_dir=tmp_path)
+    cluster.start_coordinator()
+    cluster.transport.deliver_all()
+    failed = cluster.hospitals["h3"]
+    assert failed.final_weights is None
+    assert isinstance(failed.error, TrainingError)
+    assert "No space left on device" in str(failed.error)
+    assert (tmp_path / "h1" / "final_model.keras").exists()

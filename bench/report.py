@@ -1,0 +1,168 @@
+"""Plumbing every benchmark shares: the machine description, medians, and the result files.
+
+Each benchmark writes ``bench/results/<name>.json`` (figures plus machine, mode and command) and
+``bench/results/<name>.md`` (the same figures as markdown tables). Nothing here imports
+TensorFlow or TenSEAL: versions are read from package metadata, so the coordinator-scaling cells
+stay small processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shlex
+import statistics
+import sys
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+DEFAULT_CSV = Path(
+    os.environ.get(
+        "HEFL_CSV", ROOT.parent / "shared" / "data" / "diabetes130" / "diabetic_data.csv.gz"
+    )
+)
+#: Distributions whose versions every result file records.
+LIBRARIES = ("numpy", "tensorflow", "keras", "Pyfhel", "tenseal", "pandas", "scikit-learn")
+QUICK, FULL = "quick", "full"
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name from /proc/cpuinfo (falls back to ``platform``)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def library_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def machine() -> dict[str, Any]:
+    """What a reader needs to judge the figures: CPU, cores, memory, OS and library versions."""
+    memory_gb = None
+    try:
+        pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        memory_gb = round(pages * page_size / 2**30, 1)
+    except (OSError, ValueError):
+        pass
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "memory_gb": memory_gb,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "libraries": library_versions(),
+    }
+
+
+def describe_machine(info: dict[str, Any]) -> str:
+    libs = ", ".join(f"{k} {v}" for k, v in info["libraries"].items() if v is not None)
+    return (
+        f"{info['cpu']}, {info['cores']} cores, {info['memory_gb']} GB RAM, {info['os']}; "
+        f"Python {info['python']}; {libs}"
+    )
+
+
+def command_line(script: str, argv: Sequence[str] | None = None) -> str:
+    """The command that produced a result: ``script`` (relative to the checkout) and its args."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    return " ".join([".venv/bin/python", script, *(shlex.quote(a) for a in args)])
+
+
+def median(values: Iterable[float]) -> float:
+    items = [v for v in values if v is not None and math.isfinite(v)]
+    return statistics.median(items) if items else math.nan
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="small sizes, few repeats (smoke run)")
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS, help="folder for <name>.json and <name>.md"
+    )
+    return parser
+
+
+def write_results(
+    name: str,
+    *,
+    out: Path,
+    mode: str,
+    title: str,
+    figures: dict[str, Any],
+    markdown: str,
+    script: str,
+    argv: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Write ``<name>.json`` and ``<name>.md``; return the JSON document."""
+    info = machine()
+    document = {
+        "benchmark": name,
+        "title": title,
+        "mode": mode,
+        "command": command_line(script, argv),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": info,
+        **figures,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(
+        json.dumps(finite(document), indent=1, allow_nan=False) + "\n"
+    )
+    header = [
+        f"## {title}",
+        "",
+        f"Mode: {mode}. Command: `{document['command']}`. Date: {document['date']}.",
+        f"Machine: {describe_machine(info)}.",
+        "",
+    ]
+    (out / f"{name}.md").write_text("\n".join(header) + markdown.rstrip() + "\n")
+    return document
+
+
+def md_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def fmt(value: float | None, spec: str = ".3g") -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return format(value, spec)
+
+
+def finite(value: Any) -> Any:
+    """JSON has no NaN or infinity: they become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(key): finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(item) for item in value]
+    return value
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size (Linux reports ``ru_maxrss`` in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -1,0 +1,176 @@
+"""Timing proxies around the seams ``run_federated`` is built from: cipher, store, aggregator
+and trainer. They change nothing about what is computed; they only add up wall time per phase.
+
+A round's segment ends when the coordinator writes that round's aggregate blob, so one segment
+holds everything the round costs: hospitals downloading and decrypting the previous aggregate,
+evaluating it, training, encrypting, uploading; the coordinator fetching, verifying and adding
+the updates, persisting its state and writing the aggregate; messages and signatures ("other").
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.crypto import Aggregator, Cipher, RunningSum
+from common.crypto.cipher import AGGREGATE, UPDATE
+from common.metrics import Metrics
+from common.store import Store
+
+PHASES = (
+    "train",
+    "evaluate",
+    "encrypt",
+    "upload",
+    "aggregate",
+    "download",
+    "decrypt",
+    "coordinator_state",
+)
+
+
+class PhaseClock:
+    """Wall time per phase, cut into one segment per round."""
+
+    def __init__(self) -> None:
+        self.segments: list[dict[str, float]] = []
+        self._current: dict[str, float] = dict.fromkeys(PHASES, 0.0)
+        self._mark = time.perf_counter()
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._current[name] += time.perf_counter() - started
+
+    def close_round(self) -> None:
+        now = time.perf_counter()
+        segment = dict(self._current)
+        segment["wall"] = now - self._mark
+        segment["other"] = segment["wall"] - sum(self._current.values())
+        self.segments.append(segment)
+        self._current = dict.fromkeys(PHASES, 0.0)
+        self._mark = now
+
+
+class TimedCipher:
+    def __init__(self, inner: Cipher, clock: PhaseClock) -> None:
+        self._inner, self._clock = inner, clock
+
+    @property
+    def scheme(self) -> str:
+        return self._inner.scheme
+
+    @property
+    def value_bound(self) -> float:
+        return self._inner.value_bound
+
+    def encrypt(self, values: np.ndarray, *, kind: str = UPDATE) -> bytes:
+        with self._clock.phase("encrypt"):
+            return self._inner.encrypt(values, kind=kind)
+
+    def decrypt(self, blob: bytes) -> np.ndarray:
+        with self._clock.phase("decrypt"):
+            return self._inner.decrypt(blob)
+
+
+class TimedSum:
+    def __init__(self, inner: RunningSum, clock: PhaseClock) -> None:
+        self._inner, self._clock = inner, clock
+
+    @property
+    def count(self) -> int:
+        return self._inner.count
+
+    @property
+    def summands(self) -> int:
+        return self._inner.summands
+
+    def add(self, blob: bytes) -> None:
+        with self._clock.phase("aggregate"):
+            self._inner.add(blob)
+
+    def to_blob(self, kind: str = AGGREGATE) -> bytes:
+        with self._clock.phase("aggregate"):
+            return self._inner.to_blob(kind)
+
+
+class TimedAggregator:
+    def __init__(self, inner: Aggregator, clock: PhaseClock) -> None:
+        self._inner, self._clock = inner, clock
+
+    @property
+    def scheme(self) -> str:
+        return self._inner.scheme
+
+    def new_sum(self) -> RunningSum:
+        return TimedSum(self._inner.new_sum(), self._clock)
+
+
+def _kind(key: str) -> str:
+    name = key.rsplit("/", 1)[-1]
+    if name.startswith("update-"):
+        return "update"
+    if name == "aggregate.blob":
+        return "aggregate"
+    return "state"
+
+
+class TimedStore:
+    """Hospitals put updates ("upload") and get aggregates ("download"); the coordinator gets
+    updates and puts aggregates ("aggregate") and reads and writes its state."""
+
+    def __init__(self, inner: Store, clock: PhaseClock) -> None:
+        self._inner, self._clock = inner, clock
+
+    def put(self, key: str, data: bytes) -> None:
+        kind = _kind(key)
+        phase = {"update": "upload", "aggregate": "aggregate"}.get(kind, "coordinator_state")
+        with self._clock.phase(phase):
+            self._inner.put(key, data)
+        if kind == "aggregate":
+            self._clock.close_round()
+
+    def get(self, key: str) -> bytes:
+        phase = {"update": "aggregate", "aggregate": "download"}.get(
+            _kind(key), "coordinator_state"
+        )
+        with self._clock.phase(phase):
+            return self._inner.get(key)
+
+    def exists(self, key: str) -> bool:
+        return self._inner.exists(key)
+
+    def list(self, prefix: str = "") -> list[str]:
+        return self._inner.list(prefix)
+
+    def delete(self, key: str) -> None:
+        self._inner.delete(key)
+
+
+class TimedTrainer:
+    """Wraps the hospital's LocalTrainer (which ``run_federated`` builds itself)."""
+
+    def __init__(self, inner: Any, clock: PhaseClock) -> None:
+        self._inner, self._clock = inner, clock
+
+    def fit(self, weights: np.ndarray, x: np.ndarray, y: np.ndarray, *, seed: int) -> Any:
+        with self._clock.phase("train"):
+            return self._inner.fit(weights, x, y, seed=seed)
+
+    def evaluate(self, weights: np.ndarray, x: np.ndarray, y: np.ndarray) -> Metrics:
+        with self._clock.phase("evaluate"):
+            return self._inner.evaluate(weights, x, y)
+
+    def save_model(self, weights: np.ndarray, path: Path, metrics: Metrics | None) -> None:
+        self._inner.save_model(weights, path, metrics)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
