@@ -73,6 +73,14 @@ class RunFinished:
 
 
 @dataclass(frozen=True, kw_only=True)
+class RunAborted:
+    """The coordinator gave up on the run (e.g. no quorum by a deadline); hospitals stop."""
+
+    run: str
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
 class FinalReport:
     """A hospital's metrics of the final model on its own hold-out."""
 
@@ -81,10 +89,20 @@ class FinalReport:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-Message = Hello | RoundStarted | UpdateSubmitted | UpdateFailed | RunFinished | FinalReport
+Message = (
+    Hello | RoundStarted | UpdateSubmitted | UpdateFailed | RunFinished | RunAborted | FinalReport
+)
 _TYPES: Final[dict[str, type[Message]]] = {
     cls.__name__: cls
-    for cls in (Hello, RoundStarted, UpdateSubmitted, UpdateFailed, RunFinished, FinalReport)
+    for cls in (
+        Hello,
+        RoundStarted,
+        UpdateSubmitted,
+        UpdateFailed,
+        RunFinished,
+        RunAborted,
+        FinalReport,
+    )
 }
 # Expected JSON types per field; "ref" allows str or None.
 _FIELD_KINDS: Final = {
@@ -101,6 +119,7 @@ _FIELD_KINDS: Final = {
     "final_ref": str,
     "final_sha256": str,
     "error": str,
+    "reason": str,
     "metrics": dict,
 }
 

@@ -23,6 +23,7 @@ from common.messages import (
     Hello,
     Message,
     RoundStarted,
+    RunAborted,
     RunFinished,
     UpdateFailed,
     UpdateSubmitted,
@@ -205,6 +206,7 @@ class Coordinator:
         self._persist()
         self._write_summary()
         self._log("run_failed", level=logging.ERROR, error=error)
+        self._announce()
 
     def _announce(self) -> None:
         if self.state.phase == "round":
@@ -228,6 +230,8 @@ class Coordinator:
                 final_sha256=final[1],
                 config_digest=self.plan.config_digest,
             )
+        elif self.state.phase == "failed":
+            message = RunAborted(run=self.plan.run, reason=self.state.error or "run failed")
         else:
             return
         self._transport.publish(ANNOUNCE, self._codec.encode(message))

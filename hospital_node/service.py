@@ -26,6 +26,7 @@ from common.messages import (
     FinalReport,
     Hello,
     RoundStarted,
+    RunAborted,
     RunFinished,
     UpdateFailed,
     UpdateSubmitted,
@@ -147,6 +148,9 @@ class Hospital:
             self._on_round(message)
         elif isinstance(message, RunFinished):
             self._on_finished(message)
+        elif isinstance(message, RunAborted) and self.final_weights is None:
+            self._log("run_aborted", level=logging.ERROR, reason=message.reason)
+            self.error = ProtocolError(f"the coordinator aborted run {self.run}: {message.reason}")
 
     def _global_weights(self, ref: str | None, sha256: str | None) -> np.ndarray:
         if ref is None or sha256 is None:

@@ -17,6 +17,7 @@ from common.messages import (
     Hello,
     Message,
     RoundStarted,
+    RunAborted,
     RunFinished,
     UpdateFailed,
     UpdateSubmitted,
@@ -65,6 +66,7 @@ EXAMPLES: list[Message] = [
     ),
     FinalReport(run="run-1", hospital="h1", metrics={"auc": 0.5, "accuracy": 1.0, "loss": 2.0}),
     FinalReport(run="run-1", hospital="h1"),
+    RunAborted(run="run-1", reason="round 2: only 1 of 3 required hospitals submitted"),
 ]
 
 MESSAGE_TYPES = {type(m) for m in EXAMPLES}

@@ -305,6 +305,9 @@ def test_without_quorum_the_run_fails_with_a_clear_error() -> None:
     cluster.run_to_end()
     assert coordinator.state.phase == "failed"
     assert "only 2 of 3" in (coordinator.state.error or "")
+    for hospital in cluster.hospitals.values():  # told to stop, with the reason
+        assert hospital.final_weights is None
+        assert "only 2 of 3" in str(hospital.error)
 
 
 def test_the_deadline_closes_a_round_with_a_silent_hospital() -> None:
