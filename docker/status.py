@@ -1,0 +1,96 @@
+#!/usr/bin/env python3
+"""`make status`: the compose cluster's containers, health, hospital identities and run progress.
+
+Uses the Docker SDK for Python (the ``docker`` package, a dependency of hefl). Progress is the
+coordinator's last ``round N/M closed`` line and, when this user can read the store volume, the
+persisted run state (phase, round, accepted hospitals per round).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from docker.errors import DockerException
+
+import docker
+
+ROUND_LINE = re.compile(r"^(round \d+/\d+ closed.*|run .* finished.*)$", re.MULTILINE)
+IDENTITY = re.compile(r"event=identity_claimed hospital=(\S+)")
+
+
+def describe(container: Any) -> dict[str, str]:
+    state = container.attrs["State"]
+    health = state.get("Health", {}).get("Status", "-")
+    labels = container.labels
+    row = {
+        "service": labels.get("com.docker.compose.service", "?"),
+        "container": container.name,
+        "state": state["Status"]
+        + (f" ({state['ExitCode']})" if state["Status"] == "exited" else ""),
+        "health": health,
+        "identity": "",
+    }
+    if row["service"] == "hospital":
+        found = IDENTITY.findall(container.logs(tail=2000).decode(errors="replace"))
+        row["identity"] = found[-1] if found else ""
+    return row
+
+
+def run_state(client: Any, project: str, run: str) -> dict[str, Any] | None:
+    try:
+        volume = client.volumes.get(f"{project}_store")
+        path = Path(volume.attrs["Mountpoint"]) / "runs" / run / "coordinator-state.json"
+        return json.loads(path.read_text())
+    except (DockerException, OSError, ValueError):
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--project", default="hefl")
+    parser.add_argument("--run", default="run-1")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    args = parser.parse_args(argv)
+    try:
+        client = docker.from_env()  # the docker package (the SDK), not this folder
+        containers = client.containers.list(
+            all=True, filters={"label": f"com.docker.compose.project={args.project}"}
+        )
+    except DockerException as exc:
+        print(f"error: cannot reach the Docker engine: {exc}", file=sys.stderr)
+        return 1
+    rows = sorted((describe(c) for c in containers), key=lambda r: (r["service"], r["identity"]))
+    progress = []
+    for container in containers:
+        if container.labels.get("com.docker.compose.service") == "coordinator":
+            progress = ROUND_LINE.findall(container.logs(tail=5000).decode(errors="replace"))
+    state = run_state(client, args.project, args.run)
+    if args.json:
+        print(json.dumps({"containers": rows, "progress": progress, "state": state}, indent=2))
+        return 0
+    if not rows:
+        print(f"no containers of project {args.project}: make up")
+        return 0
+    print(f"{'SERVICE':<12} {'CONTAINER':<28} {'STATE':<14} {'HEALTH':<10} IDENTITY")
+    for r in rows:
+        print(
+            f"{r['service']:<12} {r['container']:<28} {r['state']:<14} {r['health']:<10} "
+            f"{r['identity']}"
+        )
+    print(f"progress: {progress[-1] if progress else 'no round closed yet'}")
+    if state is not None:
+        accepted = [len(record["accepted"]) for record in state.get("history", [])]
+        print(
+            f"run {args.run}: phase {state.get('phase')} round {state.get('round')} "
+            f"accepted per round {accepted} rejected {state.get('rejected')}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

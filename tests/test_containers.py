@@ -1,0 +1,257 @@
+"""The compose cluster end to end, on a real Docker engine, as the customer runs it.
+
+What it does (as root, on a fresh Debian machine; a few minutes after the first image build):
+
+1. ``tools/container_engine.sh daemon`` installs Debian's docker.io and docker-compose and starts
+   ``dockerd``; ``standins`` builds local stand-ins for ``python:3.11-slim`` and
+   ``rabbitmq:3-management`` from Debian packages (no image registry is reachable in CI).
+2. ``tools/container_wheelhouse.sh`` fills ``docker/wheelhouse`` from this machine, and the
+   project images are built through the ``BASE_IMAGE`` build argument with ``OFFLINE=1``.
+3. ``tools/container_cluster.sh up 3`` (what ``make up HOSPITALS=3`` runs) starts the cluster
+   and follows the coordinator; the test waits for 3 closed rounds, scales to 4 replicas, kills
+   one hospital container in the middle of a round (Docker SDK), and waits for the run's end.
+4. It asserts on the run's persisted state, the saved models and the key volumes, then ``down``.
+
+It needs root (dockerd); without root it fails with the reason, never skips.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.cluster import sample_csv
+
+pytestmark = pytest.mark.cluster  # `make test-cluster`; not yet part of `make test`
+
+ROOT = Path(__file__).resolve().parents[1]
+ROUNDS = 6
+MAX_HOSPITALS = 4
+STANDIN_PYTHON = "hefl-standin/python:3.11-slim"
+STANDIN_RABBITMQ = "hefl-standin/rabbitmq:3-management"
+
+
+def sh(*args: str, env: dict[str, str] | None = None, timeout: float = 1800) -> str:
+    done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        pytest.fail(f"{' '.join(args)} failed ({done.returncode}):\n{done.stderr[-4000:]}")
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[Any]:
+    if os.geteuid() != 0:
+        pytest.fail("the container test needs root to install and start dockerd", pytrace=False)
+    sh("bash", "tools/container_engine.sh", "daemon", timeout=600)
+    sh("bash", "tools/container_engine.sh", "standins", timeout=900)
+    import docker
+
+    client = docker.from_env()
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def images(engine: Any) -> dict[str, float]:
+    timings: dict[str, float] = {}
+    start = time.monotonic()
+    sh("bash", "tools/container_wheelhouse.sh", timeout=900)
+    env = dict(os.environ, BASE_IMAGE=STANDIN_PYTHON, OFFLINE="1")
+    sh("bash", "tools/container_build.sh", "coordinator", "hospital", env=env, timeout=3600)
+    timings["build_seconds"] = time.monotonic() - start
+    for name in ("hefl-coordinator", "hefl-hospital"):
+        timings[f"{name}_mb"] = engine.images.get(f"{name}:latest").attrs["Size"] / 1e6
+    print(f"image build and sizes: {timings}")
+    return timings
+
+
+class Cluster:
+    """One compose project, driven through tools/container_cluster.sh like the Makefile."""
+
+    def __init__(self, client: Any, data: Path) -> None:
+        self.client = client
+        self.project = f"hefl-e2e-{uuid.uuid4().hex[:6]}"
+        self.env = dict(
+            os.environ,
+            HEFL_PROJECT=self.project,
+            RABBITMQ_IMAGE=STANDIN_RABBITMQ,
+            HEFL_SKIP_BUILD="1",
+            HEFL_DATA_DIR=str(data.parent),
+            HEFL_DATA_FILE=data.name,
+            HEFL_ROUNDS=str(ROUNDS),
+            HEFL_MAX_HOSPITALS=str(MAX_HOSPITALS),
+            HEFL_MIN_HOSPITALS="2",
+            HEFL_ROUND_TIMEOUT="45",
+            HEFL_FINAL_TIMEOUT="20",
+            HEFL_MODEL_FLAGS="--hidden 8 --batch-size 64 --local-epochs 1",
+            HEFL_MANAGEMENT_PORT=str(15700 + int(uuid.uuid4().int % 200)),
+        )
+        self.up_process: subprocess.Popen[str] | None = None
+
+    def command(self, target: str, hospitals: int | None = None) -> list[str]:
+        """`make TARGET HOSPITALS=N` once the Makefile has the cluster targets, else the script."""
+        if re.search(r"^up:", (ROOT / "Makefile").read_text(), re.MULTILINE):
+            return ["make", "--no-print-directory", target] + (
+                [f"HOSPITALS={hospitals}"] if hospitals else []
+            )
+        return ["bash", "tools/container_cluster.sh", target] + (
+            [str(hospitals)] if hospitals else []
+        )
+
+    def script(self, target: str, hospitals: int | None = None) -> str:
+        return sh(*self.command(target, hospitals), env=self.env, timeout=600)
+
+    def up(self, hospitals: int, log: Path) -> None:
+        handle = log.open("w")
+        self.up_process = subprocess.Popen(
+            self.command("up", hospitals),
+            cwd=ROOT,
+            env=self.env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    def containers(self, service: str | None = None) -> list[Any]:
+        labels = [f"com.docker.compose.project={self.project}"]
+        if service:
+            labels.append(f"com.docker.compose.service={service}")
+        return self.client.containers.list(all=True, filters={"label": labels})
+
+    def volume_path(self, name: str) -> Path:
+        return Path(self.client.volumes.get(f"{self.project}_{name}").attrs["Mountpoint"])
+
+    def state(self) -> dict[str, Any] | None:
+        try:
+            path = self.volume_path("store") / "runs" / "run-1" / "coordinator-state.json"
+            return json.loads(path.read_text())
+        except Exception:
+            return None
+
+    def identity(self, container: Any) -> str | None:
+        found = re.findall(r"event=identity_claimed hospital=(\S+)", container.logs().decode())
+        return found[-1] if found else None
+
+    def wait(self, condition: Callable[[], Any], *, timeout: float, what: str) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = condition()
+            if value:
+                return value
+            if self.up_process is not None and self.up_process.poll() not in (None, 0):
+                break
+            time.sleep(1)
+        logs = "\n".join(
+            f"--- {c.name}\n{c.logs(tail=15).decode(errors='replace')}" for c in self.containers()
+        )
+        pytest.fail(f"timed out waiting for {what}; state={self.state()}\n{logs}")
+
+    def teardown(self) -> None:
+        if self.up_process is not None and self.up_process.poll() is None:
+            self.up_process.terminate()
+        subprocess.run(
+            ["bash", "tools/container_cluster.sh", "compose", "down", "-v", "--remove-orphans"],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            timeout=300,
+        )
+
+
+@pytest.fixture
+def cluster(engine: Any, images: dict[str, float], tmp_path: Path) -> Iterator[Cluster]:
+    (tmp_path / "data").mkdir()
+    data = sample_csv(tmp_path / "data" / "sample.csv", patients=3000)
+    running = Cluster(engine, data)
+    try:
+        yield running
+    finally:
+        running.teardown()
+
+
+def test_make_up_scale_kill_and_down_complete_the_run_on_quorum(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    started = time.monotonic()
+    cluster.up(3, tmp_path / "up.log")
+    coordinator = cluster.wait(
+        lambda: next(iter(cluster.containers("coordinator")), None), timeout=300, what="coordinator"
+    )
+    cluster.wait(
+        lambda: (
+            coordinator.reload()
+            or coordinator.attrs["State"].get("Health", {}).get("Status") == "healthy"
+        ),
+        timeout=120,
+        what="a healthy coordinator (connected to the broker)",
+    )
+    # 3 replicas claimed 3 distinct identities without any per-replica configuration.
+    names = cluster.wait(
+        lambda: (
+            (ids := {cluster.identity(c) for c in cluster.containers("hospital")}) - {None} == ids
+            and len(ids) == 3
+            and ids
+        ),
+        timeout=120,
+        what="3 claimed identities",
+    )
+    assert names == {"hospital-1", "hospital-2", "hospital-3"}
+    cluster.wait(lambda: (s := cluster.state()) and s["round"] >= 4, timeout=600, what="3 rounds")
+
+    cluster.script("scale", 4)
+    cluster.wait(
+        lambda: "hospital-4" in {cluster.identity(c) for c in cluster.containers("hospital")},
+        timeout=120,
+        what="the 4th replica claiming hospital-4",
+    )
+    # Kill one replica in the middle of a round (SIGKILL, as the OOM killer would).
+    killed_round = cluster.wait(
+        lambda: (s := cluster.state()) and s["phase"] == "round" and s["round"] >= 4 and s["round"],
+        timeout=300,
+        what="a round in progress",
+    )
+    victim = next(c for c in cluster.containers("hospital") if cluster.identity(c) == "hospital-2")
+    victim.kill()
+
+    assert cluster.up_process is not None
+    code = cluster.up_process.wait(timeout=900)
+    up_log = (tmp_path / "up.log").read_text()
+    assert code == 0, up_log[-4000:]
+    assert f"round {ROUNDS}/{ROUNDS} closed" in up_log
+    assert "run run-1 finished" in up_log
+
+    state = cluster.state()
+    assert state is not None and state["phase"] == "done", state
+    history = state["history"]
+    assert [r["round"] for r in history] == list(range(1, ROUNDS + 1))
+    accepted = [set(r["accepted"]) for r in history]
+    print(f"accepted per round: {[sorted(a) for a in accepted]}; killed in round {killed_round}")
+    assert accepted[:3] == [{"hospital-1", "hospital-2", "hospital-3"}] * 3
+    assert any("hospital-4" in a for a in accepted[3:])  # the scaled replica took part
+    assert all("hospital-2" not in a for a in accepted[killed_round:])  # gone after the kill
+    assert all(len(a) >= 2 for a in accepted)  # every round met the quorum
+    assert state["rejected"] == {}
+
+    models = cluster.volume_path("models")
+    for name in ("hospital-1", "hospital-3", "hospital-4"):
+        assert (models / name / "final_model.keras").stat().st_size > 0
+    assert (cluster.volume_path("store") / "runs" / "run-1" / "summary.json").exists()
+    # The HE secret key is in the hospitals' volume and nowhere in the coordinator's.
+    assert list(cluster.volume_path("hospital-keys").rglob("secret_key*"))
+    assert not list(cluster.volume_path("coordinator-keys").rglob("secret_key*"))
+
+    status = cluster.script("status")
+    assert "exited" in status and "coordinator" in status
+
+    cluster.script("down")
+    assert cluster.containers() == []
+    print(f"cluster run took {time.monotonic() - started:.0f} s")

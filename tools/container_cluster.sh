@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The compose cluster, as the Makefile drives it:
+#   tools/container_cluster.sh up [N]     credentials, images, start with N hospitals, follow
+#   tools/container_cluster.sh scale N    set the number of hospital replicas
+#   tools/container_cluster.sh status     containers, health, identities, run progress
+#   tools/container_cluster.sh logs       follow every service's log
+#   tools/container_cluster.sh down       stop and remove containers (volumes kept)
+#   tools/container_cluster.sh clean      down, and remove volumes, images and credentials
+# Uses `docker compose` (v2) when present, else `docker-compose` (1.29).
+# Environment: see docker/compose.yaml (HEFL_ROUNDS, HEFL_MAX_HOSPITALS, ...), BASE_IMAGE,
+# RABBITMQ_IMAGE, OFFLINE, HEFL_SKIP_BUILD=1 (use the images already built), HEFL_FOLLOW=0.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PROJECT=${HEFL_PROJECT:-hefl}
+if docker compose version >/dev/null 2>&1; then COMPOSE=(docker compose)
+elif command -v docker-compose >/dev/null 2>&1; then COMPOSE=(docker-compose)
+else echo "error: neither 'docker compose' nor 'docker-compose' is installed (Debian: apt-get install docker.io docker-compose)" >&2; exit 1
+fi
+: "${HEFL_DATA_DIR:=$(cd .. && pwd)/shared/data/diabetes130}"
+export HEFL_DATA_DIR
+compose() { "${COMPOSE[@]}" -p "$PROJECT" --env-file docker/.env -f docker/compose.yaml "$@"; }
+py() { if [ -x .venv/bin/python ]; then .venv/bin/python "$@"; else python3 "$@"; fi; }
+
+follow() {
+  local id; id=$(compose ps -q coordinator)
+  [ -n "$id" ] || { echo "error: no coordinator container" >&2; return 1; }
+  echo "[cluster] following the coordinator (Ctrl-C stops following; the cluster keeps running)" >&2
+  trap 'echo; echo "[cluster] stopped following; make status / make logs / make down" >&2; exit 0' INT
+  docker logs -f "$id" 2>&1 | grep --line-buffered -E '^(round |run |coordinator stopped|error)' || true
+  trap - INT
+  local code; code=$(docker inspect -f '{{.State.ExitCode}}' "$id")
+  echo "[cluster] coordinator exited with code $code" >&2
+  py docker/status.py --project "$PROJECT" || true
+  return "$code"
+}
+
+case "${1:-}" in
+  up)
+    n=${2:-4}
+    py docker/broker_credentials.py
+    [ "${HEFL_SKIP_BUILD:-0}" = 1 ] || bash tools/container_build.sh coordinator hospital
+    compose up -d --scale "hospital=$n"
+    [ "${HEFL_FOLLOW:-1}" = 1 ] && follow ;;
+  scale)
+    compose up -d --no-recreate --no-deps --scale "hospital=${2:?usage: scale N}" hospital ;;
+  status) py docker/status.py --project "$PROJECT" ;;
+  logs) compose logs -f --tail=50 ;;
+  down)
+    compose down --remove-orphans
+    # Identity claims belong to containers that no longer exist; keys, shards, store and models stay.
+    docker volume rm "${PROJECT}_claims" >/dev/null 2>&1 || true ;;
+  clean)
+    compose down --remove-orphans --volumes
+    docker image rm -f "hefl-coordinator:${HEFL_TAG:-latest}" "hefl-hospital:${HEFL_TAG:-latest}" 2>/dev/null || true
+    rm -rf docker/.env docker/.secrets ;;
+  compose) shift; compose "$@" ;;
+  *) sed -n '2,12p' "$0" >&2; exit 2 ;;
+esac
