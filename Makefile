@@ -26,6 +26,8 @@ help:
 	@echo "make test     run the whole test suite"
 	@echo "make install  create $(VENV) and install everything (idempotent)"
 	@echo "make lint     ruff and mypy"
+	@echo "make bench    full benchmarks against TenSEAL/FLARE and others (~20 min; updates README)"
+	@echo "make bench-quick  the same on small sizes into out/bench-quick (~2 min)"
 	@echo "make tff-env  create $(TFF_VENV), TensorFlow Federated's own environment (idempotent)"
 	@echo "make demo-tff the demo's federated run with TensorFlow Federated as the engine"
 	@echo "make broker   install (Debian) and start a local RabbitMQ for the tests"
@@ -45,7 +47,27 @@ $(STAMP): pyproject.toml tools/build_pyfhel.py
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $@
 
-test: install tff-env broker
+BENCH_ARGS ?=
+BENCH_STAMP := $(VENV)/.hefl-bench-installed
+.PHONY: bench bench-quick bench-install
+
+# TenSEAL, the benchmarks' anchor, is a bench-only extra: never in the runtime images.
+bench-install: $(BENCH_STAMP)
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	@touch $@
+
+# Full benchmarks (about 20 min on 2 cores): rewrites bench/results/ and the README section.
+bench: bench-install
+	$(BIN)/python bench/run_all.py --command "make bench" $(BENCH_ARGS)
+	$(BIN)/python bench/update_readme.py
+
+# Small sizes and a data sample into out/bench-quick/ (about 2 min); README untouched.
+bench-quick: bench-install
+	$(BIN)/python bench/run_all.py --quick --out out/bench-quick --command "make bench-quick" $(BENCH_ARGS)
+
+test: install bench-install tff-env broker
 	HEFL_TFF_VENV=$(abspath $(TFF_VENV)) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 tff-env:

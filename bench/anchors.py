@@ -4,19 +4,26 @@ Benchmark-only code. TenSEAL is an optional dependency (the ``bench`` extra) and
 here and nowhere in the runtime packages. The runtime rule "exactly one module imports Pyfhel"
 (``common/crypto/seal.py``) covers the runtime packages; this anchor imports Pyfhel directly on
 purpose, to measure Pyfhel without this project's packing, level switch and byte trimming.
+
+TenSEAL 0.3.16 bundles its own protobuf: in a process that imported TensorFlow first it crashes
+(segmentation fault, or "failed to save proto"). Benchmarks that use it never import TensorFlow,
+and ``run_all.py`` runs every benchmark in its own process.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 from Pyfhel import PyCtxt, Pyfhel
 
-from bench.codecs import Accumulator, frame, split_layers, unframe
+from bench.schemes import Accumulator, frame, split_layers, unframe
 
 TENSEAL_FLARE = "TenSEAL CKKS (FLARE config)"
 PYFHEL_PLAIN = "Pyfhel CKKS, 1 real/slot"
@@ -26,6 +33,22 @@ FLARE_COEFF_MOD_BIT_SIZES = (60, 40, 40)
 FLARE_SCALE_BITS = 40
 #: This project's Pyfhel build has neither zstd nor zlib (tools/build_pyfhel.py).
 PYFHEL_COMPRESSION = "none"
+
+
+@contextmanager
+def quiet_stdout() -> Iterator[None]:
+    """Silence file descriptor 1: TenSEAL's C++ prints a warning for every vector longer than
+    one ciphertext. Costs two ``dup2`` calls, nothing next to an encryption."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
 
 
 def require_tenseal() -> Any:
@@ -107,12 +130,13 @@ class TensealFlareCodec:
 
     def encrypt(self, values: np.ndarray) -> bytes:
         ts, context = self._keys.ts, self._keys.client
-        return frame(
-            [
-                ts.ckks_vector(context, part).serialize()
-                for part in split_layers(values, self.layers)
-            ]
-        )
+        with quiet_stdout():
+            return frame(
+                [
+                    ts.ckks_vector(context, part).serialize()
+                    for part in split_layers(values, self.layers)
+                ]
+            )
 
     def new_sum(self) -> Accumulator:
         return TensealSum(self._keys.ts, self._keys.server)

@@ -4,7 +4,8 @@ Each cell (codec, model size, number of hospitals N) runs in a fresh subprocess,
 inherit each other's memory: it loads the coordinator's public material, then fetches N update
 blobs from a local-folder store, checks each blob's SHA-256 and adds it into the running sum,
 exactly as the coordinator does per submission, and serializes the sum. Wall time covers the N
-fetches, checks and adds and the final serialization; peak RSS is the cell's ``ru_maxrss``.
+fetches, checks and adds and the final serialization; peak RSS is the cell's ``VmHWM`` (not
+``ru_maxrss``, which a fork+exec child inherits from its parent on Linux).
 
 The updates are synthetic: ``DISTINCT`` random vectors (uniform in [-1, 1]) are encrypted once
 per codec and size, and hospital i submits blob ``i % DISTINCT`` (read from disk afresh each
@@ -23,7 +24,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -38,7 +38,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import report
-from bench.codecs import Float32Codec, Float32Sum, mlp_layers
+from bench.schemes import Float32Codec, Float32Sum, mlp_layers
 from common.crypto import HEConfig, open_aggregator, open_cipher, run_key_ceremony
 from common.store import LocalStore, get_verified
 
@@ -80,11 +80,6 @@ def prepare(root: Path, sizes: Sequence[int], max_hospitals: int) -> None:
             (root / f"size-{size}" / f"{SLUG[codec]}.json").write_text(json.dumps(digests))
 
 
-def current_rss_mb() -> float:
-    pages = int(Path("/proc/self/statm").read_text().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 def cell(root: Path, codec: str, size: int, count: int) -> dict[str, Any]:
     """One coordinator's aggregation of ``count`` submissions (runs in its own process)."""
     slug = SLUG[codec]
@@ -100,7 +95,7 @@ def cell(root: Path, codec: str, size: int, count: int) -> dict[str, Any]:
         total = TensealSum(ts, server)
     else:
         total = Float32Sum()
-    before_peak, before_rss = report.peak_rss_mb(), current_rss_mb()
+    before_peak, before_rss = report.peak_rss_mb(), report.current_rss_mb()
     started = time.perf_counter()
     for i in range(count):
         blob = get_verified(store, f"update-{i % DISTINCT}.blob", digests[i % DISTINCT])
@@ -153,6 +148,7 @@ def render(cells: list[dict[str, Any]], counts: Sequence[int]) -> str:
         "wall (s)",
         "ms / hospital",
         "x TenSEAL speed",
+        "RSS before adds (MB)",
         "peak RSS (MB)",
         f"RSS / RSS at {min(counts)}",
     ]
@@ -165,6 +161,7 @@ def render(cells: list[dict[str, Any]], counts: Sequence[int]) -> str:
             report.fmt(c["seconds"], ".2f"),
             report.fmt(c["ms_per_hospital"], ".1f"),
             report.fmt(c["speedup_vs_tenseal"], ".2f"),
+            report.fmt(c["rss_before_mb"], ".1f"),
             report.fmt(c["peak_rss_mb"], ".1f"),
             report.fmt(c["rss_vs_smallest"], ".3f"),
         ]

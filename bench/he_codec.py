@@ -38,7 +38,7 @@ from bench.anchors import (
     TensealFlareCodec,
     TensealKeys,
 )
-from bench.codecs import (
+from bench.schemes import (
     FLOAT32,
     OURS_BFV,
     OURS_CKKS,

@@ -162,7 +162,24 @@ def finite(value: Any) -> Any:
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident set size (Linux reports ``ru_maxrss`` in KiB)."""
+    """This process's peak resident set size in MiB: ``VmHWM`` from /proc/self/status.
+
+    Not ``ru_maxrss``: on Linux a child started with fork+exec inherits its parent's high-water
+    mark there (a cell launched by a 390 MB parent reported 390 MB whatever it did), while
+    ``VmHWM`` belongs to the process's own address space.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mb() -> float:
+    """This process's resident set size now, in MiB."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20

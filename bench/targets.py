@@ -6,12 +6,16 @@ limits it (derived from the same results, so the explanation cannot drift from t
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bench.codecs import OURS_CKKS
+from bench.anchors import TENSEAL_FLARE
+from bench.schemes import OURS_CKKS
+from bench.timing import crypto_ratio
 
 Results = dict[str, dict[str, Any]]
 
@@ -43,7 +47,7 @@ def _verdict(items: list[tuple[int, float, str]], ok: Callable[[float], bool]) -
     measured = "; ".join(f"{p:,}: {text}" for p, _, text in items)
     failed = [p for p, v, _ in items if not (math.isfinite(v) and ok(v))]
     if not items:
-        return "not measured", "no"
+        return "not measured", "-"
     if not failed:
         return measured, "yes"
     return measured, "no at " + ", ".join(f"{p:,}" for p in failed)
@@ -64,7 +68,9 @@ def upload_size(results: Results) -> list[Target]:
                     f"slot is {CKKS_BYTES_PER_SLOT * chunks * CKKS_SLOTS / p:.2f} per parameter"
                 )
         limit = (
-            "padding of the last ciphertext: " + "; ".join(notes) + ". 14 bytes per value (two "
+            "padding of the last ciphertext: "
+            + "; ".join(notes)
+            + " (plus the blob header). 14 bytes per value (two "
             "56-bit polynomials, 7 bytes per coefficient, two reals per slot) is the floor at "
             "n=4096; small models pay for the unused slots of their last ciphertext."
         )
@@ -73,10 +79,13 @@ def upload_size(results: Results) -> list[Target]:
     measured, met = _verdict(items, lambda v: v >= 3.5)
     limit = ""
     if met.startswith("no"):
+        largest = max(_sizes(results), key=lambda s: s["parameters"])
+        theirs = largest["codecs"][TENSEAL_FLARE]["bytes_per_parameter"]
+        ours = largest["codecs"][OURS_CKKS]["bytes_per_parameter"]
         limit = (
-            "TenSEAL's blob is about 4.6x ours per ciphertext slot-for-slot; the ratio falls "
-            "below 3.5 where its per-layer vectors waste little (large layers) while our last "
-            "ciphertext's padding weighs most (small models)."
+            f"at {largest['parameters']:,} parameters TenSEAL/FLARE needs {theirs:.1f} bytes per "
+            f"value against our {ours:.1f}; where the ratio is lower, padding (of our last "
+            "ciphertext, or the lack of it in TenSEAL's per-layer vectors) decides it."
         )
     rows.append(Target("Upload >= 3.5x smaller than TenSEAL/FLARE", measured, met, limit))
     return rows
@@ -88,8 +97,9 @@ def throughput(results: Results) -> list[Target]:
         ("encrypt", "Client encrypt+serialize >= 1.5x TenSEAL", 1.5),
         ("add", "Coordinator deserialize+add per hospital >= 3x TenSEAL", 3.0),
     ):
-        items = _per_size(results, lambda s, k=key: s["vs_tenseal"][OURS_CKKS][k], ".2f")
-        measured, met = _verdict(items, lambda v, g=goal: v >= g)
+        ratios = [(s["parameters"], s["vs_tenseal"][OURS_CKKS][key]) for s in _sizes(results)]
+        items = [(p, v, f"{v:.2f}") for p, v in ratios]
+        measured, met = _verdict(items, functools.partial(operator.le, goal))  # goal <= v
         limit = ""
         if met.startswith("no"):
             limit = LIMITS[key]
@@ -117,21 +127,21 @@ def throughput(results: Results) -> list[Target]:
 
 LIMITS = {
     "encrypt": (
-        "public-key encryption of a ciphertext at n=4096 costs about half of TenSEAL's "
-        "symmetric n=8192 encryption per slot; what remains is our per-chunk work in Python "
-        "(the complex packing, the level switch and reading the serialized bytes back to trim "
-        "them)."
+        "per value, our public-key encryption at n=4096 plus the complex packing, the level "
+        "switch and trimming SEAL's serialized bytes, all driven from Python per ciphertext, "
+        "against TenSEAL's symmetric encryption at n=8192 and zstd serialization in C++."
     ),
     "add": (
-        "per ciphertext, SEAL's deserialization (which validates every coefficient) and the "
-        "addition are the same work in both; our blob is checked twice (our own coefficient "
-        "check, then SEAL's load), in Python per chunk."
+        "per ciphertext, our own check of every coefficient and the re-expansion to SEAL's layout "
+        "before SEAL loads (and checks) it again; the addition itself is SEAL's in both."
     ),
 }
 
 
 def round_overhead(results: Results) -> list[Target]:
     models = results.get("round_overhead", {}).get("models", [])
+    if not models:
+        return [Target("Round overhead <= 1.15x plaintext (Diabetes-130 MLP)", "not measured", "-")]
     rows = []
     for m in models:
         ratio = m["ratio"]
@@ -151,7 +161,12 @@ def round_overhead(results: Results) -> list[Target]:
         )
         if m["model"] != "mlp":
             met = f"{met} (no target)"
-        rows.append(Target(target, f"{ratio:.3f}x", met, limit))
+        spread = ", ".join(f"{r:.3f}" for r in m["ratios"])
+        measured = (
+            f"{ratio:.3f}x (median of {len(m['ratios'])} repeat(s): {spread}; crypto phases "
+            f"only: {crypto_ratio(enc, plain):.3f}x)"
+        )
+        rows.append(Target(target, measured, met, limit))
     return rows
 
 
@@ -159,7 +174,7 @@ def coordinator_rss(results: Results) -> list[Target]:
     cells = results.get("coordinator_scaling", {}).get("cells", [])
     ours = [c for c in cells if c["codec"] == "ours CKKS"]
     if not ours:
-        return [Target("Coordinator peak RSS at 200 hospitals <= 1.2x at 10", "not measured", "no")]
+        return [Target("Coordinator peak RSS at 200 hospitals <= 1.2x at 10", "not measured", "-")]
     top, low = max(c["hospitals"] for c in ours), min(c["hospitals"] for c in ours)
     items = [
         (c["parameters"], c["rss_vs_smallest"], f"{c['rss_vs_smallest']:.3f}")
@@ -167,7 +182,12 @@ def coordinator_rss(results: Results) -> list[Target]:
         if c["hospitals"] == top
     ]
     measured, met = _verdict(items, lambda v: v <= 1.2)
-    limit = "" if met == "yes" else "memory held per submission (see the scaling table)"
+    limit = ""
+    if met.startswith("no"):
+        limit = (
+            "the process's peak grows with hospitals: something holds submissions beyond their "
+            "addition (see RSS before adds against peak in the scaling table)"
+        )
     return [
         Target(f"Coordinator peak RSS at {top} hospitals <= 1.2x at {low}", measured, met, limit)
     ]
@@ -176,20 +196,31 @@ def coordinator_rss(results: Results) -> list[Target]:
 def ckks_error(results: Results) -> list[Target]:
     items = _per_size(results, lambda s: s["codecs"][OURS_CKKS]["max_abs_error"]["100"], ".2e")
     measured, met = _verdict(items, lambda v: v <= 1e-6)
-    return [Target("CKKS max abs error <= 1e-6 after 100 sums", measured, met)]
+    limit = ""
+    if met.startswith("no"):
+        limit = "CKKS encryption noise grows with every summand at scale 2**40"
+    return [Target("CKKS max abs error <= 1e-6 after 100 sums", measured, met, limit)]
 
 
 def quality(results: Results) -> list[Target]:
     cells = results.get("model_quality", {}).get("cells", [])
     if not cells:
-        return [Target("Encrypted AUC = plaintext within 0.001", "not measured", "no")]
+        return [Target("Encrypted AUC = plaintext within 0.001", "not measured", "-")]
     items = [
         (0, c["auc_difference"], f"{c['hospitals']} {c['partition']}: {c['auc_difference']:.1e}")
         for c in cells
     ]
     measured = "; ".join(text for _, _, text in items)
     met = "yes" if all(v <= 1e-3 for _, v, _ in items) else "no"
-    return [Target("Encrypted FedAvg AUC = plaintext within 0.001, every cell", measured, met)]
+    limit = ""
+    if met != "yes":
+        limit = (
+            "CKKS noise (about 1e-8 per weight per round) changes float32 training slightly; "
+            "see the max weight difference per cell"
+        )
+    return [
+        Target("Encrypted FedAvg AUC = plaintext within 0.001, every cell", measured, met, limit)
+    ]
 
 
 def evaluate(results: Results) -> list[Target]:

@@ -174,3 +174,17 @@ class TimedTrainer:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
+
+
+#: Phases whose cost differs between an encrypted and a plaintext round (the rest is the same work).
+CRYPTO_PHASES = ("encrypt", "upload", "aggregate", "download", "decrypt")
+
+
+def crypto_ratio(encrypted: dict[str, float], plaintext: dict[str, float]) -> float:
+    """The encrypted/plaintext ratio counting only the crypto phases' extra time.
+
+    Training time varies by several percent between identical rounds on a busy machine; this
+    estimate leaves it out: ``1 + sum(encrypted[p] - plaintext[p]) / plaintext["wall"]``.
+    """
+    extra = sum(encrypted[p] - plaintext[p] for p in CRYPTO_PHASES)
+    return 1.0 + extra / plaintext["wall"]

@@ -1,7 +1,9 @@
 """The benchmarks' quick paths on tiny sizes: each writes its JSON and markdown, figures are sane.
 
 TenSEAL (the anchor) is a benchmark-only dependency in the ``bench`` extra, which ``make test``
-installs; without it these tests fail rather than skip.
+installs; without it these tests fail rather than skip. Each benchmark runs in its own process,
+as ``bench/run_all.py`` runs them: TenSEAL's bundled protobuf crashes a process that loaded
+TensorFlow first, and this test session has.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,16 +29,9 @@ if importlib.util.find_spec("tenseal") is None:
         pytrace=False,
     )
 
-from bench import (  # noqa: E402
-    coordinator_scaling,
-    he_codec,
-    model_quality,
-    round_overhead,
-    run_all,
-    update_readme,
-)
+from bench import coordinator_scaling, run_all, update_readme  # noqa: E402
 from bench.anchors import PYFHEL_PLAIN, TENSEAL_FLARE  # noqa: E402
-from bench.codecs import FLOAT32, OURS_BFV, OURS_CKKS  # noqa: E402
+from bench.schemes import FLOAT32, OURS_BFV, OURS_CKKS  # noqa: E402
 
 Doc = dict[str, Any]
 
@@ -43,6 +39,16 @@ Doc = dict[str, Any]
 @pytest.fixture(scope="module")
 def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("bench-results")
+
+
+def run(name: str, out: Path, *args: str) -> Doc:
+    """Run ``bench/<name>.py`` in quick mode in a fresh process and load what it wrote."""
+    command = [sys.executable, str(ROOT / "bench" / f"{name}.py"), "--quick", *args]
+    done = subprocess.run(
+        [*command, "--out", str(out)], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return load(out, name)
 
 
 def load(out: Path, name: str) -> Doc:
@@ -61,30 +67,23 @@ def load(out: Path, name: str) -> Doc:
 
 @pytest.fixture(scope="module")
 def codec(out: Path) -> Doc:
-    argv = ["--quick", "--sizes", "100000", "--repeats", "1", "--error-values", "4096"]
-    assert he_codec.main([*argv, "--out", str(out)]) == 0
-    return load(out, "he_codec")
+    return run("he_codec", out, "--sizes", "100000", "--repeats", "1", "--error-values", "4096")
 
 
 @pytest.fixture(scope="module")
 def rounds(out: Path) -> Doc:
-    argv = ["--quick", "--models", "mlp", "--patients", "300", "--rounds", "2"]
-    assert round_overhead.main([*argv, "--out", str(out)]) == 0
-    return load(out, "round_overhead")
+    return run("round_overhead", out, "--models", "mlp", "--patients", "300", "--rounds", "2")
 
 
 @pytest.fixture(scope="module")
 def scaling(out: Path) -> Doc:
-    argv = ["--quick", "--sizes", "8192", "--counts", "2,6"]
-    assert coordinator_scaling.main([*argv, "--out", str(out)]) == 0
-    return load(out, "coordinator_scaling")
+    return run("coordinator_scaling", out, "--sizes", "8192", "--counts", "2,6")
 
 
 @pytest.fixture(scope="module")
 def quality(out: Path) -> Doc:
-    argv = ["--quick", "--cells", "4:iid", "--patients", "400", "--rounds", "1", "--hidden", "8"]
-    assert model_quality.main([*argv, "--out", str(out)]) == 0
-    return load(out, "model_quality")
+    args = ("--cells", "4:iid", "--patients", "400", "--rounds", "1", "--hidden", "8")
+    return run("model_quality", out, *args)
 
 
 def test_codec_benchmark_compares_every_codec_and_meets_size_and_error_targets(
@@ -129,8 +128,8 @@ def test_scaling_benchmark_runs_every_cell_in_its_own_process(scaling: Doc) -> N
     for c in cells:
         assert c["seconds"] > 0 and c["peak_rss_mb"] >= c["rss_before_mb"] > 0
     ours = [c for c in cells if c["codec"] == coordinator_scaling.OURS]
-    # the running sum is one update's size, whatever the number of hospitals
-    assert all(c["aggregate_bytes"] == c["upload_bytes"] for c in ours)
+    # the sum is one update's size (give or take its JSON header), whatever the hospitals
+    assert all(abs(c["aggregate_bytes"] - c["upload_bytes"]) < 64 for c in ours)
     assert all(c["speedup_vs_tenseal"] > 0 for c in ours)
 
 
@@ -146,12 +145,12 @@ def test_run_all_writes_the_targets_table_from_the_results(
 ) -> None:
     assert run_all.main(["--report-only", "--out", str(out)]) == 0
     text = (out / run_all.PERFORMANCE).read_text()
-    assert text.startswith("## Performance\n")
-    assert "### Targets" in text and "Not measured" not in text
+    assert text.startswith(f"### {run_all.HEADING}\n")
+    assert "#### Targets" in text and "Not measured" not in text
     for needle in ("Upload <= 16 bytes", "3.5x smaller", "1.5x TenSEAL", "1.15x", "1e-6", "0.001"):
         assert needle in text, needle
     for name in run_all.BENCHMARKS:
-        assert f"### {json.loads((out / f'{name}.json').read_text())['title']}" in text
+        assert f"#### {json.loads((out / f'{name}.json').read_text())['title']}" in text
 
 
 def test_update_readme_replaces_only_the_marked_section(tmp_path: Path) -> None:
