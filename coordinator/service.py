@@ -134,6 +134,10 @@ class Coordinator:
         elif isinstance(message, Hello):
             self._log("hello", hospital=message.hospital)
             if message.run == self.plan.run and message.hospital in self.plan.hospitals:
+                joined = sm.with_hello(self.state, message.hospital)
+                if joined != self.state:
+                    self.state = joined
+                    self._persist()
                 self._announce()
         else:
             raise ProtocolError(f"{type(message).__name__} is not for the coordinator")
@@ -144,6 +148,8 @@ class Coordinator:
             a.hospital == msg.hospital and a.sha256 == msg.sha256 for a in self.state.accepted
         ):
             return  # at-least-once delivery: the same submission again changes nothing
+        if reason == "late":
+            self.state = sm.with_member(self.state, msg.hospital)  # alive: wait for it again
         if reason:
             self._reject(reason, f"update from {msg.hospital} for round {msg.round}")
             return

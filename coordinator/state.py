@@ -3,6 +3,12 @@
 Nothing here does I/O. The service (``coordinator.service``) feeds messages and the clock in and
 carries out what these functions decide, so every transition is tested without a broker or store.
 
+The roster is the set of hospitals known to be present: those that said Hello or answered. A
+round closes early once every roster member has answered (round 1 also waits until
+``expected_hospitals`` have answered, so the first round does not close before slower starters
+join). A member that misses a round closed at its deadline leaves the roster until it speaks
+again, so later rounds do not wait for a replica that is gone.
+
 Metrics arrive one round late by design: a hospital evaluates the global model it receives at
 the start of round r (the model produced by round r-1) before training on it. A round's record
 therefore gets its hold-out metrics when the next round closes, or from the final reports.
@@ -33,6 +39,11 @@ class RunPlan:
     round_timeout: float
     final_timeout: float
     config_digest: str
+    expected_hospitals: int | None = None  # round 1 waits for this many (None: all)
+
+    @property
+    def expected(self) -> int:
+        return len(self.hospitals) if self.expected_hospitals is None else self.expected_hospitals
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
@@ -42,6 +53,10 @@ class RunPlan:
         if not 1 <= self.min_hospitals <= len(self.hospitals):
             raise ConfigError(
                 f"min_hospitals must be within 1..{len(self.hospitals)}, got {self.min_hospitals}"
+            )
+        if not 1 <= self.expected <= len(self.hospitals):
+            raise ConfigError(
+                f"expected_hospitals must be within 1..{len(self.hospitals)}, got {self.expected}"
             )
         for name in ("round_timeout", "final_timeout"):
             timeout = getattr(self, name)
@@ -87,6 +102,8 @@ class RunState:
     history: tuple[RoundRecord, ...] = ()
     rejected: dict[str, int] = field(default_factory=dict)
     error: str | None = None
+    roster: tuple[str, ...] = ()  # hospitals known to be present
+    joined: tuple[str, ...] = ()  # said Hello during the current round
 
     @property
     def global_ref(self) -> tuple[str, str] | None:
@@ -128,22 +145,41 @@ def with_rejection(state: RunState, reason: str) -> RunState:
     return replace(state, rejected=counters)
 
 
+def with_member(state: RunState, hospital: str) -> RunState:
+    """``hospital`` is alive (it answered, even late): rounds wait for it again."""
+    if hospital in state.roster:
+        return state
+    return replace(state, roster=(*state.roster, hospital))
+
+
+def with_hello(state: RunState, hospital: str) -> RunState:
+    """A hospital (re)joined; it stays on the roster through the current round's close."""
+    state = with_member(state, hospital)
+    if hospital in state.joined:
+        return state
+    return replace(state, joined=(*state.joined, hospital))
+
+
 def with_accepted(state: RunState, entry: Accepted) -> RunState:
-    return replace(state, accepted=(*state.accepted, entry))
+    return with_member(replace(state, accepted=(*state.accepted, entry)), entry.hospital)
 
 
 def with_failed(state: RunState, hospital: str) -> RunState:
-    return replace(state, failed=(*state.failed, hospital))
+    return with_member(replace(state, failed=(*state.failed, hospital)), hospital)
 
 
 def round_decision(plan: RunPlan, state: RunState, now: float) -> Literal["wait", "close", "fail"]:
-    """Close when everyone answered or the deadline passed with a quorum; fail without one."""
+    """Close early when the roster has answered with a quorum; at the deadline, close on a
+    quorum or fail without one."""
     if state.phase != "round":
         return "wait"
-    answered = len(state.accepted) + len(state.failed)
+    answered = {*state.accepted_hospitals, *state.failed}
     quorum = len(state.accepted) >= plan.min_hospitals
-    if answered >= len(plan.hospitals) or now >= state.deadline:
+    if answered >= set(plan.hospitals) or now >= state.deadline:
         return "close" if quorum else "fail"
+    enough = state.round > 1 or len(answered) >= plan.expected
+    if quorum and enough and answered >= set(state.roster):
+        return "close"
     return "wait"
 
 
@@ -186,6 +222,7 @@ def close_round(
             hospital_metrics={a.hospital: finite_metrics(a.metrics) for a in state.accepted},
         )
     history.append(record)
+    answered = {*state.accepted_hospitals, *state.failed, *state.joined}
     last = state.round >= plan.rounds
     timeout = plan.final_timeout if last else plan.round_timeout
     return replace(
@@ -197,6 +234,8 @@ def close_round(
         accepted=(),
         failed=(),
         history=tuple(history),
+        roster=tuple(h for h in state.roster if h in answered),
+        joined=(),
     )
 
 
@@ -217,10 +256,9 @@ def with_final_report(
 
 
 def final_decision(plan: RunPlan, state: RunState, now: float) -> bool:
-    """True when the run can be declared done (all reports in, or the final deadline passed)."""
-    return state.phase == "final" and (
-        len(state.final_reports) >= len(plan.hospitals) or now >= state.deadline
-    )
+    """True when the run can be declared done (the roster reported, or the deadline passed)."""
+    reported = {h for h, _ in state.final_reports}
+    return state.phase == "final" and (reported >= set(state.roster) or now >= state.deadline)
 
 
 def finish_run(state: RunState) -> RunState:

@@ -138,6 +138,7 @@ def run_coordinator(
     *,
     hospitals: tuple[str, ...] | None,
     min_hospitals: int | None,
+    expect_hospitals: int | None = None,
     round_timeout: float,
     final_timeout: float,
 ) -> int:
@@ -151,6 +152,7 @@ def run_coordinator(
         rounds=settings.rounds,
         hospitals=tuple(names),
         min_hospitals=min_hospitals or len(names),
+        expected_hospitals=expect_hospitals,
         round_timeout=round_timeout,
         final_timeout=final_timeout,
         config_digest=settings.digest(bundle.manifest.config),

@@ -84,6 +84,13 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         help="quorum to close a round at its deadline (default: all)",
     )
     coord.add_argument(
+        "--expect-hospitals",
+        type=positive_int,
+        default=None,
+        help="round 1 waits for this many hospitals before closing early; later rounds wait "
+        "for the hospitals present (default: all)",
+    )
+    coord.add_argument(
         "--round-timeout",
         type=positive_float,
         default=600.0,
@@ -141,6 +148,7 @@ def run_command(args: argparse.Namespace) -> int:
             endpoints,
             hospitals=hospitals,
             min_hospitals=args.min_hospitals,
+            expect_hospitals=args.expect_hospitals,
             round_timeout=args.round_timeout,
             final_timeout=args.final_timeout,
         )

@@ -147,6 +147,10 @@ class ProcessCluster:
         os.killpg(process.pid, sig)
         process.wait(timeout=30)
 
+    def signal(self, label: str, sig: int) -> None:
+        """Send ``sig`` (e.g. SIGSTOP / SIGCONT to freeze and thaw) without waiting for an exit."""
+        os.killpg(self.processes[label].pid, sig)
+
     def state(self) -> dict[str, Any] | None:
         path = self.store / layout.state_key(self.run)
         try:

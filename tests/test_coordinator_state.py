@@ -28,6 +28,8 @@ from coordinator.state import (
     with_accepted,
     with_failed,
     with_final_report,
+    with_hello,
+    with_member,
     with_rejection,
 )
 
@@ -207,6 +209,83 @@ def test_fails_when_everyone_answered_but_failures_left_it_below_quorum() -> Non
     assert round_decision(plan, state, T0 + 1) == "fail"
 
 
+def test_round_one_closes_once_the_expected_number_and_the_roster_answered() -> None:
+    plan = make_plan(expected_hospitals=2)  # e.g. `make up HOSPITALS=2` with 3 identities issued
+    state = with_hello(with_hello(new_run(plan, T0), "h1"), "h2")
+    state = with_accepted(state, accepted("h1"))
+    assert round_decision(plan, state, T0 + 1) == "wait"
+    state = with_accepted(state, accepted("h2"))
+    assert round_decision(plan, state, T0 + 1) == "close"  # h3 never joined: no deadline wait
+
+
+def test_round_one_waits_for_the_expected_number_even_when_the_roster_answered() -> None:
+    plan = make_plan(expected_hospitals=3)
+    state = with_accepted(with_accepted(new_run(plan, T0), accepted("h1")), accepted("h2"))
+    assert set(state.roster) == {"h1", "h2"}  # a slow starter has not said Hello yet
+    assert round_decision(plan, state, T0 + 1) == "wait"
+    assert round_decision(plan, state, state.deadline) == "close"
+
+
+def test_a_hospital_that_said_hello_is_waited_for() -> None:
+    plan = make_plan(expected_hospitals=2)
+    state = with_accepted(with_accepted(new_run(plan, T0), accepted("h1")), accepted("h2"))
+    state = with_hello(state, "h3")  # a replica scaled in before the round closed
+    state = with_hello(state, "h3")
+    assert state.roster == ("h1", "h2", "h3") and state.joined == ("h3",)
+    assert round_decision(plan, state, T0 + 1) == "wait"
+    assert round_decision(plan, with_failed(state, "h3"), T0 + 1) == "close"
+
+
+def test_the_roster_answering_without_a_quorum_waits_for_the_deadline() -> None:
+    plan = make_plan(min_hospitals=2, expected_hospitals=1)
+    state = with_accepted(with_hello(new_run(plan, T0), "h1"), accepted("h1"))
+    assert round_decision(plan, state, T0 + 1) == "wait"  # another hospital may still join
+    assert round_decision(plan, state, state.deadline) == "fail"
+
+
+def test_a_member_that_missed_a_round_is_not_waited_for_until_it_speaks_again() -> None:
+    plan = make_plan(rounds=4)
+    state = new_run(plan, T0)
+    for hospital in ("h1", "h2", "h3"):
+        state = with_accepted(state, accepted(hospital))
+    state = close(plan, state, T0 + 1)
+    # Round 2: h3 was killed; the round closes at its deadline on quorum and h3 leaves the roster.
+    state = with_accepted(with_accepted(state, accepted("h1")), accepted("h2"))
+    assert round_decision(plan, state, T0 + 2) == "wait"
+    state = close(plan, state, state.deadline)
+    assert state.roster == ("h1", "h2")
+    # Round 3 closes as soon as the two present hospitals answered.
+    state = with_accepted(with_accepted(state, accepted("h1")), accepted("h2"))
+    assert round_decision(plan, state, state.started_at + 1) == "close"
+    # Round 4: h3 restarted and said Hello; the round waits for it again.
+    state = with_hello(close(plan, state, state.started_at + 1), "h3")
+    state = with_accepted(with_accepted(state, accepted("h1")), accepted("h2"))
+    assert round_decision(plan, state, state.started_at + 1) == "wait"
+
+
+def test_a_hello_during_a_round_keeps_a_slow_starter_on_the_roster() -> None:
+    plan = make_plan()
+    state = with_hello(new_run(plan, T0), "h3")  # still importing TensorFlow at the deadline
+    state = with_accepted(with_accepted(state, accepted("h1")), accepted("h2"))
+    state = close(plan, state, state.deadline)
+    assert state.roster == ("h3", "h1", "h2") and state.joined == ()
+
+
+def test_a_late_answer_puts_a_hospital_back_on_the_roster() -> None:
+    state = new_run(make_plan(), T0)
+    assert with_member(state, "h2").roster == ("h2",)
+    assert with_member(with_member(state, "h2"), "h2").roster == ("h2",)
+    assert state.roster == ()
+
+
+def test_expected_hospitals_must_be_within_the_identities() -> None:
+    assert make_plan().expected == 3
+    assert make_plan(expected_hospitals=1).expected == 1
+    for bad in (0, 4):
+        with pytest.raises(ConfigError, match="expected_hospitals"):
+            make_plan(expected_hospitals=bad)
+
+
 @pytest.mark.parametrize("phase", ["final", "done", "failed"])
 def test_decides_nothing_outside_the_round_phase(phase: str) -> None:
     plan = make_plan()
@@ -336,6 +415,7 @@ def test_with_final_report_refuses_unknown_hospital_and_other_phases() -> None:
 def test_final_decision_waits_for_every_report_or_the_deadline() -> None:
     plan = make_plan(rounds=1)
     state = _final_state(plan)
+    state = replace(state, roster=("h1", "h2", "h3"))
     assert not final_decision(plan, state, T0 + 2)
     state = with_final_report(plan, state, "h1", {})
     state = with_final_report(plan, state, "h2", {})
@@ -344,6 +424,13 @@ def test_final_decision_waits_for_every_report_or_the_deadline() -> None:
     state = with_final_report(plan, state, "h3", {})
     assert final_decision(plan, state, T0 + 2)
     assert not final_decision(plan, new_run(plan, T0), T0 + 1e9)
+
+
+def test_final_decision_waits_only_for_the_hospitals_still_on_the_roster() -> None:
+    plan = make_plan(rounds=1)
+    state = _final_state(plan)  # only h1 answered the last round
+    assert state.roster == ("h1",)
+    assert final_decision(plan, with_final_report(plan, state, "h1", {}), T0 + 2)
 
 
 def test_finish_run_attaches_mean_final_metrics_to_the_last_record() -> None:
@@ -504,7 +591,9 @@ def test_from_json_of_a_state_with_a_wrong_field_raises_protocol_error(
         from_json(json.dumps(body).encode())
 
 
-@pytest.mark.parametrize("name", ["run", "phase", "round", "history", "rejected", "error"])
+@pytest.mark.parametrize(
+    "name", ["run", "phase", "round", "history", "rejected", "error", "roster", "joined"]
+)
 def test_from_json_of_a_state_missing_a_field_raises_protocol_error(name: str) -> None:
     body = _valid_body()
     del body[name]

@@ -7,6 +7,9 @@ fresh noise per encryption, which training amplifies to ~1e-5; see test_simulati
 
 from __future__ import annotations
 
+import signal
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +66,13 @@ def embedded_reference(cluster: ProcessCluster, out: Path) -> np.ndarray:
     return result.weights
 
 
+def wait_until(condition: Callable[[], bool], *, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f}s waiting for {what}"
+        time.sleep(0.1)
+
+
 def run_everyone(cluster: ProcessCluster, *coordinator_flags: str) -> None:
     """Hospitals first (their hello waits in the durable submit queue), so round 1's deadline
     does not run while they are still importing TensorFlow on a busy machine."""
@@ -100,30 +110,48 @@ def test_four_hospital_processes_reproduce_the_embedded_simulation(
         cluster.stop_all()
 
 
-def test_a_hospital_killed_mid_training_is_left_out_then_rejoins(
+def test_a_hospital_killed_mid_round_is_left_out_then_rejoins(
     tmp_path: Path,
     broker_url: str,
     source: Path,
 ) -> None:
     cluster = make_cluster(tmp_path, broker_url, source)
+    others = {"hospital-1", "hospital-2", "hospital-3"}
     try:
         run_everyone(cluster, "--min-hospitals", "3", "--round-timeout", "20")
-        at_kill = cluster.wait_for(
-            lambda s: s["round"] >= 2 and s["phase"] == "round", timeout=120, what="round 2"
-        )
+        cluster.wait_for(lambda s: s["round"] >= 2, timeout=120, what="round 2")
         cluster.kill("hospital-4")  # SIGKILL, as the OOM killer would
-        closed = len(at_kill["history"])  # rounds closed before the kill
 
-        def left_out(state: dict) -> bool:
-            return any("hospital-4" not in r["accepted"] for r in state["history"][closed:])
+        # The round it misses: the other three answered and the round waits for hospital-4,
+        # which is still on the roster, until the deadline.
+        def waiting_for_it(state: dict) -> bool:
+            accepted = {a["hospital"] for a in state["accepted"]}
+            return state["phase"] == "round" and accepted == others
 
-        cluster.wait_for(left_out, timeout=120, what="a round closing on quorum without it")
-        cluster.start_hospital("hospital-4")
+        # A submission it sent before dying may still be in the queue: be sure the round waits.
+        stuck: dict = {}
+        while cluster.state() != stuck:
+            stuck = cluster.wait_for(waiting_for_it, timeout=60, what="a round without hospital-4")
+            time.sleep(2)
+        missed = stuck["round"]
+        assert missed < ROUNDS, f"the kill landed in the last round ({missed}): nothing to rejoin"
+        # Freeze the coordinator so the restarted hospital's hello arrives after that deadline
+        # but before the next round can close without it.
+        cluster.signal("coordinator", signal.SIGSTOP)
+        try:
+            cluster.start_hospital("hospital-4")  # its log is appended to
+            wait_until(
+                lambda: cluster.log("hospital-4").count("hospital_ready") == 2,
+                timeout=120,
+                what="hospital-4 restarted",
+            )
+            wait_until(lambda: time.time() > stuck["deadline"] + 0.5, timeout=30, what="deadline")
+        finally:
+            cluster.signal("coordinator", signal.SIGCONT)
         state = assert_completed(cluster, reference=None)
-        accepted = [r["accepted"] for r in state["history"]]
-        missing = [a for a in accepted[closed:] if "hospital-4" not in a]
-        assert missing and all(len(a) == 3 for a in missing)  # closed on quorum (3 of 4)
-        assert "hospital-4" in accepted[-1]  # back for the last round
+        accepted = [set(r["accepted"]) for r in state["history"]]
+        assert accepted[missed - 1] == others  # closed on quorum (3 of 4) at the deadline
+        assert all(a == others | {"hospital-4"} for a in accepted[missed:])  # back right after
     finally:
         cluster.stop_all()
 

@@ -86,6 +86,7 @@ class Cluster:
         trainer: LocalTrainer | None = None,
         cipher=None,
         out_dir: Path | None = None,
+        hello: bool = False,
     ) -> None:
         hospital = Hospital(
             name,
@@ -102,7 +103,7 @@ class Cluster:
             out_dir=out_dir,
             clock=self.clock,
         )
-        hospital.start(hello=False)
+        hospital.start(hello=hello)
         self.hospitals[name] = hospital
 
     def start_coordinator(self, aggregator=None) -> Coordinator:
@@ -321,9 +322,29 @@ def test_the_deadline_closes_a_round_with_a_silent_hospital() -> None:
     coordinator.tick()
     cluster.transport.deliver_all()
     assert coordinator.state.history[0].accepted == ("h1", "h2")
-    cluster.now[0] += 61.0  # h3 never sends a final report either
+    cluster.now[0] += 1.0  # h3 left the roster: the final phase waits only for h1 and h2
     coordinator.tick()
     assert coordinator.state.phase == "done"
+
+
+def test_fewer_replicas_than_identities_run_without_waiting_for_deadlines() -> None:
+    plan = make_plan(min_hospitals=2, expected_hospitals=2, rounds=3)
+    cluster = Cluster(store=InMemoryStore(), plan=plan)
+    coordinator = cluster.start_coordinator()
+    cluster.add_hospital("h1", hello=True)
+    cluster.add_hospital("h2", hello=True)  # h3's identity was issued, but no replica runs it
+    while coordinator.state.round < 2:  # the clock never moves: no deadline can close a round
+        assert cluster.transport.deliver_all(limit=1), "round 1 stalled"
+    cluster.add_hospital("h3", hello=True)  # scaled up between rounds: joins round 2
+    cluster.run_to_end()
+    assert coordinator.state.phase == "done"
+    assert [set(r.accepted) for r in coordinator.state.history] == [
+        {"h1", "h2"},
+        {"h1", "h2", "h3"},
+        {"h1", "h2", "h3"},
+    ]
+    assert set(coordinator.state.roster) == {"h1", "h2", "h3"}
+    assert all(h.final_weights is not None for h in cluster.hospitals.values())
 
 
 def test_a_restarted_coordinator_resumes_the_round_without_losing_accepted_updates(
