@@ -14,12 +14,12 @@ OUT ?= out/demo
 # TensorFlow Federated pins TensorFlow 2.14 / numpy 1.x: it lives in its own environment.
 TFF_VENV ?= .venv-tff
 
-.PHONY: help install test demo lint format clean tff-env demo-tff broker
+.PHONY: help install test demo lint format clean distclean tff-env demo-tff broker
 # Containers: docker/ (compose), k8s/ (kustomize). README "Running it as a cluster".
 HOSPITALS ?= 4
 TOOLS_VENV ?= .venv-tools
 CLUSTER := bash tools/container_cluster.sh
-.PHONY: up scale status logs down clean-cluster tools-env k8s-deploy k8s-delete test-cluster
+.PHONY: up scale status logs down clean-cluster tools-env cluster-env k8s-deploy k8s-delete test-cluster
 
 help:
 	@echo "make demo     run the main job: 4 hospitals, 10 encrypted FedAvg rounds on Diabetes-130"
@@ -32,10 +32,11 @@ help:
 	@echo "make demo-tff the demo's federated run with TensorFlow Federated as the engine"
 	@echo "make broker   install (Debian) and start a local RabbitMQ for the tests"
 	@echo "make up       HOSPITALS=4: build images, start the compose cluster, follow the run"
-	@echo "make scale    HOSPITALS=N; make status; make logs; make down; make clean-cluster"
+	@echo "make scale    HOSPITALS=N; make status; make logs; make down"
 	@echo "make k8s-deploy / k8s-delete   apply or remove the kustomize base in k8s/"
-	@echo "make test-cluster  container and manifest tests (root, Docker engine; not yet in CI)"
-	@echo "make clean    remove $(VENV), caches and demo output"
+	@echo "make test-cluster  only the container and manifest tests (root: installs a Docker engine)"
+	@echo "make clean    remove the cluster (containers, volumes, images, passwords) and outputs"
+	@echo "make distclean  make clean, and remove the virtual environments"
 
 install: $(STAMP)
 
@@ -67,8 +68,10 @@ bench: bench-install
 bench-quick: bench-install
 	$(BIN)/python bench/run_all.py --quick --out out/bench-quick --command "make bench-quick" $(BENCH_ARGS)
 
-test: install bench-install tff-env broker
-	HEFL_TFF_VENV=$(abspath $(TFF_VENV)) $(BIN)/python -m pytest $(PYTEST_ARGS)
+# The whole suite, container and Kubernetes tests included (`-m ""` lifts pyproject's default
+# `-m "not cluster"`, which keeps a plain `pytest` free of the Docker engine).
+test: install bench-install tff-env broker cluster-env
+	HEFL_TFF_VENV=$(abspath $(TFF_VENV)) $(BIN)/python -m pytest -m "" $(PYTEST_ARGS)
 
 tff-env:
 	bash tools/setup_tff_env.sh $(TFF_VENV)
@@ -107,7 +110,7 @@ logs:
 down:
 	$(CLUSTER) down
 
-clean-cluster:
+clean-cluster:  # the cluster only
 	$(CLUSTER) clean
 
 tools-env: $(TOOLS_VENV)/.installed
@@ -124,9 +127,23 @@ k8s-deploy:
 k8s-delete:
 	kubectl delete -k k8s/ --ignore-not-found
 
-# Needs root and Debian packages (docker.io, docker-compose, debootstrap) and kubectl.
-test-cluster: install tools-env
+# A Docker engine (Debian's docker.io + docker-compose, dockerd started), local stand-in base
+# images, kubectl (Debian's kubernetes-client when none is installed) and the linters. Root.
+cluster-env: tools-env
+	bash tools/container_engine.sh daemon
+	bash tools/container_engine.sh kubectl
+	bash tools/container_engine.sh standins >/dev/null
+
+# Only the container and manifest tests.
+test-cluster: install cluster-env
 	$(BIN)/python -m pytest -m cluster $(PYTEST_ARGS)
 
+# The cluster's containers, volumes, images and generated passwords (when an engine answers),
+# then local outputs. The virtual environments stay: `make distclean` removes them too.
 clean:
-	rm -rf $(VENV) $(TFF_VENV) out .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	@if docker info >/dev/null 2>&1; then $(CLUSTER) clean; \
+	  else echo "no Docker engine answers: no cluster to remove"; rm -rf docker/.env docker/.secrets; fi
+	rm -rf out .pytest_cache .mypy_cache .ruff_cache *.egg-info
+
+distclean: clean
+	rm -rf $(VENV) $(TFF_VENV) $(TOOLS_VENV)

@@ -7,9 +7,11 @@ What it does (as root, on a fresh Debian machine; a few minutes after the first 
    ``rabbitmq:3-management`` from Debian packages (no image registry is reachable in CI).
 2. ``tools/container_wheelhouse.sh`` fills ``docker/wheelhouse`` from this machine, and the
    project images are built through the ``BASE_IMAGE`` build argument with ``OFFLINE=1``.
-3. ``tools/container_cluster.sh up 3`` (what ``make up HOSPITALS=3`` runs) starts the cluster
-   and follows the coordinator; the test waits for 3 closed rounds, scales to 4 replicas, kills
-   one hospital container in the middle of a round (Docker SDK), and waits for the run's end.
+3. ``make up HOSPITALS=3`` starts the cluster and follows the coordinator; the test waits for 3
+   closed rounds, scales to 4 replicas (``make scale HOSPITALS=4``), kills one hospital container
+   in the middle of a round (Docker SDK), and waits for the run's end. Rounds take seconds, so
+   the test pauses the coordinator container (Docker SDK) while a replica starts or is killed:
+   that pins the round those events land in, so the assertions are exact.
 4. It asserts on the run's persisted state, the saved models and the key volumes, then ``down``.
 
 It needs root (dockerd); without root it fails with the reason, never skips.
@@ -17,6 +19,7 @@ It needs root (dockerd); without root it fails with the reason, never skips.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -31,10 +34,10 @@ import pytest
 
 from tests.cluster import sample_csv
 
-pytestmark = pytest.mark.cluster  # `make test-cluster`; not yet part of `make test`
+pytestmark = pytest.mark.cluster  # in `make test` (CI) and `make test-cluster`; not in bare pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-ROUNDS = 6
+ROUNDS = 12
 MAX_HOSPITALS = 4
 STANDIN_PYTHON = "hefl-standin/python:3.11-slim"
 STANDIN_RABBITMQ = "hefl-standin/rabbitmq:3-management"
@@ -90,7 +93,7 @@ class Cluster:
             HEFL_ROUNDS=str(ROUNDS),
             HEFL_MAX_HOSPITALS=str(MAX_HOSPITALS),
             HEFL_MIN_HOSPITALS="2",
-            HEFL_ROUND_TIMEOUT="45",
+            HEFL_ROUND_TIMEOUT="40",
             HEFL_FINAL_TIMEOUT="20",
             HEFL_MODEL_FLAGS="--hidden 8 --batch-size 64 --local-epochs 1",
             HEFL_MANAGEMENT_PORT=str(15700 + int(uuid.uuid4().int % 200)),
@@ -149,11 +152,20 @@ class Cluster:
                 return value
             if self.up_process is not None and self.up_process.poll() not in (None, 0):
                 break
-            time.sleep(1)
+            time.sleep(0.1)  # rounds of this small model take about 0.3 s
         logs = "\n".join(
             f"--- {c.name}\n{c.logs(tail=15).decode(errors='replace')}" for c in self.containers()
         )
         pytest.fail(f"timed out waiting for {what}; state={self.state()}\n{logs}")
+
+    @contextlib.contextmanager
+    def paused(self, container: Any) -> Iterator[None]:
+        """Freeze a container (cgroup freezer) for the duration of the block."""
+        container.pause()
+        try:
+            yield
+        finally:
+            container.unpause()
 
     def teardown(self) -> None:
         if self.up_process is not None and self.up_process.poll() is None:
@@ -186,41 +198,56 @@ def test_make_up_scale_kill_and_down_complete_the_run_on_quorum(
     coordinator = cluster.wait(
         lambda: next(iter(cluster.containers("coordinator")), None), timeout=300, what="coordinator"
     )
+    cluster.wait(lambda: (s := cluster.state()) and s["round"] >= 4, timeout=600, what="3 rounds")
+
+    # Scale to 4 while the coordinator is frozen: hospital-4's hello is queued before the next
+    # round can close, so it takes part from the round after the one in progress at the latest.
+    with cluster.paused(coordinator):
+        joined_round = cluster.state()["round"]  # type: ignore[index]
+        # 3 replicas claimed 3 distinct identities without any per-replica configuration.
+        names = {cluster.identity(c) for c in cluster.containers("hospital")}
+        assert names == {"hospital-1", "hospital-2", "hospital-3"}
+        cluster.script("scale", 4)
+        newcomer = cluster.wait(
+            lambda: next(
+                (c for c in cluster.containers("hospital") if cluster.identity(c) == "hospital-4"),
+                None,
+            ),
+            timeout=120,
+            what="the 4th replica claiming hospital-4",
+        )
+        cluster.wait(
+            lambda: "hospital_ready" in newcomer.logs().decode(errors="replace"),
+            timeout=180,
+            what="hospital-4 ready (hello sent)",
+        )
+    assert joined_round <= ROUNDS - 3, f"the run was already in round {joined_round}"
+
+    # Kill one replica in the middle of a round (SIGKILL, as the OOM killer would), again with
+    # the coordinator frozen so the round in progress is known.
+    cluster.wait(
+        lambda: (s := cluster.state()) and "hospital-4" in {a["hospital"] for a in s["accepted"]},
+        timeout=300,
+        what="hospital-4 contributing",
+    )
+    with cluster.paused(coordinator):
+        state = cluster.state()
+        assert state is not None and state["phase"] == "round", state
+        killed_round = state["round"]
+        victim = next(
+            c for c in cluster.containers("hospital") if cluster.identity(c) == "hospital-2"
+        )
+        victim.kill()
+    assert killed_round < ROUNDS, f"the kill landed in the last round ({killed_round})"
+    # A round now waits for hospital-2 until its deadline: time for the healthcheck to run.
     cluster.wait(
         lambda: (
             coordinator.reload()
             or coordinator.attrs["State"].get("Health", {}).get("Status") == "healthy"
         ),
-        timeout=120,
+        timeout=60,
         what="a healthy coordinator (connected to the broker)",
     )
-    # 3 replicas claimed 3 distinct identities without any per-replica configuration.
-    names = cluster.wait(
-        lambda: (
-            (ids := {cluster.identity(c) for c in cluster.containers("hospital")}) - {None} == ids
-            and len(ids) == 3
-            and ids
-        ),
-        timeout=120,
-        what="3 claimed identities",
-    )
-    assert names == {"hospital-1", "hospital-2", "hospital-3"}
-    cluster.wait(lambda: (s := cluster.state()) and s["round"] >= 4, timeout=600, what="3 rounds")
-
-    cluster.script("scale", 4)
-    cluster.wait(
-        lambda: "hospital-4" in {cluster.identity(c) for c in cluster.containers("hospital")},
-        timeout=120,
-        what="the 4th replica claiming hospital-4",
-    )
-    # Kill one replica in the middle of a round (SIGKILL, as the OOM killer would).
-    killed_round = cluster.wait(
-        lambda: (s := cluster.state()) and s["phase"] == "round" and s["round"] >= 4 and s["round"],
-        timeout=300,
-        what="a round in progress",
-    )
-    victim = next(c for c in cluster.containers("hospital") if cluster.identity(c) == "hospital-2")
-    victim.kill()
 
     assert cluster.up_process is not None
     code = cluster.up_process.wait(timeout=900)
@@ -234,11 +261,21 @@ def test_make_up_scale_kill_and_down_complete_the_run_on_quorum(
     history = state["history"]
     assert [r["round"] for r in history] == list(range(1, ROUNDS + 1))
     accepted = [set(r["accepted"]) for r in history]
-    print(f"accepted per round: {[sorted(a) for a in accepted]}; killed in round {killed_round}")
-    assert accepted[:3] == [{"hospital-1", "hospital-2", "hospital-3"}] * 3
-    assert any("hospital-4" in a for a in accepted[3:])  # the scaled replica took part
-    assert all("hospital-2" not in a for a in accepted[killed_round:])  # gone after the kill
-    assert all(len(a) >= 2 for a in accepted)  # every round met the quorum
+    print(f"accepted per round: {[sorted(a) for a in accepted]}")
+    print(f"hospital-4 joined in round {joined_round}; hospital-2 killed in round {killed_round}")
+    first = {"hospital-1", "hospital-2", "hospital-3"}
+    after_kill = {"hospital-1", "hospital-3", "hospital-4"}
+    assert accepted[: joined_round - 1] == [first] * (joined_round - 1)
+    # The scaled replica took part from the round after the one it started in, at the latest.
+    assert all(a == first | {"hospital-4"} for a in accepted[joined_round : killed_round - 1])
+    assert "hospital-4" in accepted[joined_round] and after_kill <= accepted[killed_round - 1]
+    # hospital-2 is gone after the kill: a round closed at the deadline on quorum without it
+    # (the one it left open, or the next if its update was already queued), later rounds did
+    # not wait for it.
+    assert all(a == after_kill for a in accepted[killed_round:])
+    seconds = [r["seconds"] for r in history]
+    assert max(seconds[killed_round - 1 : killed_round + 1]) >= 40  # waited for the deadline
+    assert all(t < 40 for t in seconds[killed_round + 1 :]), seconds
     assert state["rejected"] == {}
 
     models = cluster.volume_path("models")

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-pytestmark = pytest.mark.cluster  # `make test-cluster`; not yet part of `make test`
+pytestmark = pytest.mark.cluster  # in `make test` (CI) and `make test-cluster`; not in bare pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = ROOT / ".venv-tools" / "bin"

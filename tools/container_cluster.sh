@@ -18,8 +18,12 @@ else echo "error: neither 'docker compose' nor 'docker-compose' is installed (De
 fi
 : "${HEFL_DATA_DIR:=$(cd .. && pwd)/shared/data/diabetes130}"
 export HEFL_DATA_DIR
-compose() { "${COMPOSE[@]}" -p "$PROJECT" --env-file docker/.env -f docker/compose.yaml "$@"; }
 py() { if [ -x .venv/bin/python ]; then .venv/bin/python "$@"; else python3 "$@"; fi; }
+compose() {
+  # The compose file requires the broker passwords even to stop containers: keep docker/.env.
+  [ -f docker/.env ] || py docker/broker_credentials.py
+  "${COMPOSE[@]}" -p "$PROJECT" --env-file docker/.env -f docker/compose.yaml "$@"
+}
 
 follow() {
   local id; id=$(compose ps -q coordinator)
@@ -37,6 +41,9 @@ follow() {
 case "${1:-}" in
   up)
     n=${2:-4}
+    max=${HEFL_MAX_HOSPITALS:-8}
+    [ "$n" -le "$max" ] || { echo "error: HOSPITALS=$n is more than HEFL_MAX_HOSPITALS=$max identities; set HEFL_MAX_HOSPITALS=$n (after make clean-cluster: keys are issued once)" >&2; exit 2; }
+    export HEFL_EXPECT_HOSPITALS=${HEFL_EXPECT_HOSPITALS:-$n}
     py docker/broker_credentials.py
     [ "${HEFL_SKIP_BUILD:-0}" = 1 ] || bash tools/container_build.sh coordinator hospital
     compose up -d --scale "hospital=$n"

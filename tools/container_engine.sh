@@ -2,6 +2,8 @@
 # Container engine for the tests and CI on a fresh Debian machine (as root), with no image
 # registry reachable:
 #   tools/container_engine.sh daemon      install Debian's docker.io + docker-compose, start dockerd
+#   tools/container_engine.sh kubectl     make sure `kubectl kustomize` works (Debian's
+#                                         kubernetes-client when no kubectl is installed)
 #   tools/container_engine.sh standins    build local stand-ins for python:3.11-slim and
 #                                         rabbitmq:3-management from Debian packages (cached by tag)
 # Prints nothing on stdout but the stand-in tags (for `eval`-free use by callers).
@@ -27,6 +29,17 @@ daemon() {
   fi
   docker info >/dev/null 2>&1 || { log "error: dockerd did not start; see /var/log/hefl-dockerd.log"; exit 1; }
   log "docker engine $(docker version --format '{{.Server.Version}}') is up"
+}
+
+kubectl_ok() {
+  if ! command -v kubectl >/dev/null; then
+    [ "$(id -u)" -eq 0 ] || { log "error: no kubectl; run as root or: sudo apt-get install kubernetes-client"; exit 1; }
+    log "installing Debian's kubernetes-client (kubectl)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends kubernetes-client >/dev/null
+  fi
+  kubectl kustomize --help >/dev/null 2>&1 || { log "error: $(command -v kubectl) has no 'kustomize' (need kubectl >= 1.14)"; exit 1; }
+  log "kubectl: $(command -v kubectl)"
 }
 
 # rootfs TAG PACKAGES... : debootstrap a minbase rootfs with PACKAGES and import it as TAG
@@ -80,6 +93,7 @@ SH
 
 case "${1:-}" in
   daemon) daemon ;;
+  kubectl) kubectl_ok ;;
   standins) standins ;;
-  *) echo "usage: $0 daemon|standins" >&2; exit 2 ;;
+  *) echo "usage: $0 daemon|kubectl|standins" >&2; exit 2 ;;
 esac
