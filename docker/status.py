@@ -25,7 +25,8 @@ IDENTITY = re.compile(r"event=identity_claimed hospital=(\S+)")
 
 def describe(container: Any) -> dict[str, str]:
     state = container.attrs["State"]
-    health = state.get("Health", {}).get("Status", "-")
+    # Docker keeps the last health status of a stopped container; it means nothing there.
+    health = state.get("Health", {}).get("Status", "-") if state["Running"] else "-"
     labels = container.labels
     row = {
         "service": labels.get("com.docker.compose.service", "?"),

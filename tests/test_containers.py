@@ -286,8 +286,16 @@ def test_make_up_scale_kill_and_down_complete_the_run_on_quorum(
     assert list(cluster.volume_path("hospital-keys").rglob("secret_key*"))
     assert not list(cluster.volume_path("coordinator-keys").rglob("secret_key*"))
 
+    cluster.wait(  # hospitals exit once their final model is saved and reported
+        lambda: all(c.reload() or c.status == "exited" for c in cluster.containers("hospital")),
+        timeout=120,
+        what="every hospital container to exit",
+    )
     status = cluster.script("status")
-    assert "exited" in status and "coordinator" in status
+    assert re.search(r"^coordinator +\S+ +exited \(0\) +- *$", status, re.MULTILINE), status
+    for name in ("hospital-1", "hospital-3", "hospital-4"):  # each replica's claimed identity
+        assert re.search(rf"^hospital +\S+ +exited \(0\) +- +{name}$", status, re.MULTILINE)
+    assert f"phase done round {ROUNDS}" in status
 
     cluster.script("down")
     assert cluster.containers() == []
