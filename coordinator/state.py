@@ -222,7 +222,7 @@ def close_round(
             hospital_metrics={a.hospital: finite_metrics(a.metrics) for a in state.accepted},
         )
     history.append(record)
-    answered = {*state.accepted_hospitals, *state.failed, *state.joined}
+    present = {*state.accepted_hospitals, *state.failed, *state.joined}  # the rest missed it
     last = state.round >= plan.rounds
     timeout = plan.final_timeout if last else plan.round_timeout
     return replace(
@@ -234,7 +234,7 @@ def close_round(
         accepted=(),
         failed=(),
         history=tuple(history),
-        roster=tuple(h for h in state.roster if h in answered),
+        roster=tuple(h for h in state.roster if h in present),
         joined=(),
     )
 
