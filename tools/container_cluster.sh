@@ -6,13 +6,15 @@
 #   tools/container_cluster.sh logs       follow every service's log
 #   tools/container_cluster.sh down       stop and remove containers (volumes kept)
 #   tools/container_cluster.sh clean      down, and remove volumes, images and credentials
-# Uses `docker compose` (v2) when present, else `docker-compose` (1.29).
+# Uses `docker compose` (the v2 plugin) when present, else `docker-compose` (1.29 or v2);
+# HEFL_COMPOSE="docker-compose" (or another command) picks one.
 # Environment: see docker/compose.yaml (HEFL_ROUNDS, HEFL_MAX_HOSPITALS, ...), BASE_IMAGE,
 # RABBITMQ_IMAGE, OFFLINE, HEFL_SKIP_BUILD=1 (use the images already built), HEFL_FOLLOW=0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PROJECT=${HEFL_PROJECT:-hefl}
-if docker compose version >/dev/null 2>&1; then COMPOSE=(docker compose)
+if [ -n "${HEFL_COMPOSE:-}" ]; then read -r -a COMPOSE <<<"$HEFL_COMPOSE"
+elif docker compose version >/dev/null 2>&1; then COMPOSE=(docker compose)
 elif command -v docker-compose >/dev/null 2>&1; then COMPOSE=(docker-compose)
 else echo "error: neither 'docker compose' nor 'docker-compose' is installed (Debian: apt-get install docker.io docker-compose)" >&2; exit 1
 fi
@@ -26,7 +28,7 @@ compose() {
 }
 
 follow() {
-  local id; id=$(compose ps -q coordinator)
+  local id; id=$(compose ps -a -q coordinator)  # -a: it may have finished already
   [ -n "$id" ] || { echo "error: no coordinator container" >&2; return 1; }
   echo "[cluster] following the coordinator (Ctrl-C stops following; the cluster keeps running)" >&2
   trap 'echo; echo "[cluster] stopped following; make status / make logs / make down" >&2; exit 0' INT
@@ -46,6 +48,7 @@ case "${1:-}" in
     export HEFL_EXPECT_HOSPITALS=${HEFL_EXPECT_HOSPITALS:-$n}
     py docker/broker_credentials.py
     [ "${HEFL_SKIP_BUILD:-0}" = 1 ] || bash tools/container_build.sh coordinator hospital
+    echo "[cluster] $("${COMPOSE[@]}" version 2>/dev/null | head -1) ('${COMPOSE[*]}')" >&2
     compose up -d --scale "hospital=$n"
     [ "${HEFL_FOLLOW:-1}" = 1 ] && follow ;;
   scale)
