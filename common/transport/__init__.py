@@ -10,11 +10,12 @@ from typing import TYPE_CHECKING, Any
 
 from common.transport.base import ANNOUNCE, SUBMIT, TOPICS, Handler, Transport
 from common.transport.inmemory import InMemoryTransport
+from common.transport.settings import BROKER_URL_ENV, Backoff, broker_url
 
 if TYPE_CHECKING:
-    from common.transport.rabbitmq import BROKER_URL_ENV, Backoff, RabbitMQTransport, broker_url
+    from common.transport.rabbitmq import RabbitMQTransport
 
-_RABBITMQ = frozenset({"BROKER_URL_ENV", "Backoff", "RabbitMQTransport", "broker_url"})
+_RABBITMQ = frozenset({"RabbitMQTransport"})
 
 __all__ = [
     "ANNOUNCE",

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import queue
 import random
 import re
@@ -39,7 +38,7 @@ import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from functools import partial
@@ -53,15 +52,29 @@ import pika.exceptions
 from common.errors import ConfigError, TransportError
 from common.logs import format_event, log_event
 from common.transport.base import ANNOUNCE, TOPICS, Handler
+from common.transport.settings import (
+    BROKER_URL_ENV,
+    DEFAULT_BACKOFF,
+    DEFAULT_BROKER_URL,
+    DEFAULT_PREFIX,
+    Backoff,
+    broker_url,
+)
+
+__all__ = [
+    "BROKER_URL_ENV",
+    "DEFAULT_BROKER_URL",
+    "DEFAULT_PREFIX",
+    "Backoff",
+    "RabbitMQTransport",
+    "broker_url",
+]
 
 _LOG = logging.getLogger(__name__)
 _PIKA_LOG = logging.getLogger("pika")
 if _PIKA_LOG.level == logging.NOTSET:  # unless the application chose: every failure pika logs
     _PIKA_LOG.setLevel(logging.CRITICAL)  # (with tracebacks) reaches our events as an error field
 
-BROKER_URL_ENV: Final = "HEFL_BROKER_URL"
-DEFAULT_BROKER_URL: Final = "amqp://guest:guest@127.0.0.1:5672/%2F"
-DEFAULT_PREFIX: Final = "hefl"
 DEFAULT_HEARTBEAT: Final = 30
 DEFAULT_CONNECT_TIMEOUT: Final = 10.0
 DEFAULT_PUBLISH_ATTEMPTS: Final = 5
@@ -83,38 +96,6 @@ _REFUSED: Final = (
     pika.exceptions.AuthenticationError,
     pika.exceptions.IncompatibleProtocolError,
 )
-
-
-@dataclass(frozen=True, kw_only=True)
-class Backoff:
-    """Reconnect policy: capped exponential delays with jitter, and a total time to give up."""
-
-    initial: float = 0.5
-    maximum: float = 30.0
-    multiplier: float = 2.0
-    jitter: float = 0.5  # a delay is shortened by up to this fraction, at random
-    give_up_after: float = 600.0
-
-    def __post_init__(self) -> None:
-        if not (
-            0 < self.initial <= self.maximum and self.multiplier >= 1 and self.give_up_after > 0
-        ):
-            raise ConfigError(f"invalid reconnect backoff {self!r}")
-        if not 0 <= self.jitter <= 1:
-            raise ConfigError(f"backoff jitter must be in [0, 1], got {self.jitter}")
-
-    def delay(self, attempt: int, rand: float) -> float:
-        """Seconds to wait after failed attempt ``attempt`` (1-based); ``rand`` is in [0, 1)."""
-        base = min(self.maximum, self.initial * self.multiplier ** min(attempt - 1, 64))
-        return base * (1.0 - self.jitter * rand)
-
-
-DEFAULT_BACKOFF: Final = Backoff()
-
-
-def broker_url(environ: Mapping[str, str] = os.environ) -> str:
-    """The broker URL from ``HEFL_BROKER_URL``, else the local default."""
-    return environ.get(BROKER_URL_ENV) or DEFAULT_BROKER_URL
 
 
 @dataclass
