@@ -40,11 +40,15 @@ follow() {
   return "$code"
 }
 
+within_identities() {
+  local max=${HEFL_MAX_HOSPITALS:-8}
+  [ "$1" -le "$max" ] || { echo "error: HOSPITALS=$1 is more than HEFL_MAX_HOSPITALS=$max identities; keys are issued once per cluster: make clean, then make up HEFL_MAX_HOSPITALS=$1 HOSPITALS=$1" >&2; exit 2; }
+}
+
 case "${1:-}" in
   up)
     n=${2:-4}
-    max=${HEFL_MAX_HOSPITALS:-8}
-    [ "$n" -le "$max" ] || { echo "error: HOSPITALS=$n is more than HEFL_MAX_HOSPITALS=$max identities; set HEFL_MAX_HOSPITALS=$n (after make clean-cluster: keys are issued once)" >&2; exit 2; }
+    within_identities "$n"
     export HEFL_EXPECT_HOSPITALS=${HEFL_EXPECT_HOSPITALS:-$n}
     py docker/broker_credentials.py
     [ "${HEFL_SKIP_BUILD:-0}" = 1 ] || bash tools/container_build.sh coordinator hospital
@@ -52,7 +56,8 @@ case "${1:-}" in
     compose up -d --scale "hospital=$n"
     [ "${HEFL_FOLLOW:-1}" = 1 ] && follow ;;
   scale)
-    compose up -d --no-recreate --no-deps --scale "hospital=${2:?usage: scale N}" hospital ;;
+    within_identities "${2:?usage: scale N}"
+    compose up -d --no-recreate --no-deps --scale "hospital=$2" hospital ;;
   status) py docker/status.py --project "$PROJECT" ;;
   logs) compose logs -f --tail=50 ;;
   down)
