@@ -81,9 +81,9 @@ def images(engine: Any) -> dict[str, float]:
 class Cluster:
     """One compose project, driven through tools/container_cluster.sh like the Makefile."""
 
-    def __init__(self, client: Any, data: Path, compose: dict[str, str]) -> None:
+    def __init__(self, client: Any, data: Path, flavour: str, compose: dict[str, str]) -> None:
         self.client = client
-        self.flavour = ""
+        self.flavour = flavour  # which compose implementation drives it (COMPOSE_VERSION)
         self.project = f"hefl-e2e-{uuid.uuid4().hex[:6]}"
         self.env = dict(
             os.environ,
@@ -205,8 +205,7 @@ def cluster(
 ) -> Iterator[Cluster]:
     (tmp_path / "data").mkdir()
     data = sample_csv(tmp_path / "data" / "sample.csv", patients=3000)
-    running = Cluster(engine, data, compose_env(request.param, tmp_path))
-    running.flavour = request.param
+    running = Cluster(engine, data, request.param, compose_env(request.param, tmp_path))
     try:
         yield running
     finally:
