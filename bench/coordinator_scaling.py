@@ -212,19 +212,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "config": {"sizes": sizes, "counts": counts, "distinct_blobs": DISTINCT},
         "cells": cells,
     }
-    markdown = render(cells, counts)
-    report.write_results(
+    return report.publish(
         NAME,
         out=args.out,
         mode=mode,
         title=TITLE,
         figures=figures,
-        markdown=markdown,
-        script="bench/coordinator_scaling.py",
+        markdown=render(cells, counts),
         argv=argv,
     )
-    print(markdown)
-    return 0
 
 
 if __name__ == "__main__":

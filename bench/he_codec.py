@@ -267,19 +267,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
         "sizes": results,
     }
-    markdown = render(results)
-    report.write_results(
+    return report.publish(
         NAME,
         out=args.out,
         mode=mode,
         title=TITLE,
         figures=figures,
-        markdown=markdown,
-        script="bench/he_codec.py",
+        markdown=render(results),
         argv=argv,
     )
-    print(markdown)
-    return 0
 
 
 if __name__ == "__main__":

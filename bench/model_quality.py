@@ -150,19 +150,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
         "cells": cells,
     }
-    markdown = render(cells, patients, model)
-    report.write_results(
+    return report.publish(
         NAME,
         out=args.out,
         mode=mode,
         title=TITLE,
         figures=figures,
-        markdown=markdown,
-        script="bench/model_quality.py",
+        markdown=render(cells, patients, model),
         argv=argv,
     )
-    print(markdown)
-    return 0
 
 
 if __name__ == "__main__":

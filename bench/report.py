@@ -138,6 +138,31 @@ def write_results(
     return document
 
 
+def publish(
+    name: str,
+    *,
+    out: Path,
+    mode: str,
+    title: str,
+    figures: dict[str, Any],
+    markdown: str,
+    argv: Sequence[str] | None = None,
+) -> int:
+    """Write the results of ``bench/<name>.py`` and print its table; the script's exit status."""
+    write_results(
+        name,
+        out=out,
+        mode=mode,
+        title=title,
+        figures=figures,
+        markdown=markdown,
+        script=f"bench/{name}.py",
+        argv=argv,
+    )
+    print(markdown)
+    return 0
+
+
 def md_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]

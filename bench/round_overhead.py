@@ -234,19 +234,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
         "models": models,
     }
-    markdown = render(models, patients)
-    report.write_results(
+    return report.publish(
         NAME,
         out=args.out,
         mode=mode,
         title=TITLE,
         figures=figures,
-        markdown=markdown,
-        script="bench/round_overhead.py",
+        markdown=render(models, patients),
         argv=argv,
     )
-    print(markdown)
-    return 0
 
 
 if __name__ == "__main__":
