@@ -135,7 +135,7 @@ class Coordinator:
             self._log("hello", hospital=message.hospital)
             if message.run == self.plan.run and message.hospital in self.plan.hospitals:
                 joined = sm.with_hello(self.state, message.hospital)
-                if joined != self.state:
+                if joined is not self.state:  # with_hello returns its argument when nothing changes
                     self.state = joined
                     self._persist()
                 self._announce()
