@@ -26,7 +26,7 @@ help:
 	@echo "make test     run the whole test suite"
 	@echo "make install  create $(VENV) and install everything (idempotent)"
 	@echo "make lint     ruff and mypy"
-	@echo "make bench    full benchmarks against TenSEAL/FLARE and others (~20 min; updates README)"
+	@echo "make bench    full benchmarks against TenSEAL/FLARE and others (~20 min; bench/results/)"
 	@echo "make bench-quick  the same on small sizes into out/bench-quick (~2 min)"
 	@echo "make tff-env  create $(TFF_VENV), TensorFlow Federated's own environment (idempotent)"
 	@echo "make demo-tff the demo's federated run with TensorFlow Federated as the engine"
@@ -45,7 +45,7 @@ $(STAMP): pyproject.toml tools/build_pyfhel.py
 	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
 	wheel=$$($(BIN)/python tools/build_pyfhel.py --wheel-dir $(WHEEL_CACHE) --python $(BIN)/python) && \
 	  $(BIN)/python -m pip install --quiet "$$wheel"
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,ops]'
 	@touch $@
 
 BENCH_ARGS ?=
@@ -56,17 +56,16 @@ BENCH_STAMP := $(VENV)/.hefl-bench-installed
 bench-install: $(BENCH_STAMP)
 
 $(BENCH_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,ops,bench]'
 	@touch $@
 
-# Full benchmarks (about 20 min on 2 cores): rewrites bench/results/ and the README section.
+# Full benchmarks (about 20 min on 2 cores): rewrites bench/results/ (the README links there).
 bench: bench-install
-	$(BIN)/python bench/run_all.py --command "make bench" $(BENCH_ARGS)
-	$(BIN)/python bench/update_readme.py
+	$(BIN)/python -m bench.run_all --command "make bench" $(BENCH_ARGS)
 
 # Small sizes and a data sample into out/bench-quick/ (about 2 min); README untouched.
 bench-quick: bench-install
-	$(BIN)/python bench/run_all.py --quick --out out/bench-quick --command "make bench-quick" $(BENCH_ARGS)
+	$(BIN)/python -m bench.run_all --quick --out out/bench-quick --command "make bench-quick" $(BENCH_ARGS)
 
 # The whole suite, container and Kubernetes tests included (`-m ""` lifts pyproject's default
 # `-m "not cluster"`, which keeps a plain `pytest` free of the Docker engine).

@@ -5,7 +5,7 @@ command, with a wide model so each encrypted update is several megabytes, and re
 coordinator's peak resident memory (``ru_maxrss``) for each and their ratio. Were updates held
 until the round closed, 20 hospitals would add 16 more updates' worth of memory.
 
-    .venv/bin/python bench/coordinator_memory.py [--hidden 1024] [--rounds 2]
+    .venv/bin/python -m bench.coordinator_memory [--hidden 1024] [--rounds 2]
 
 Needs a RabbitMQ server on localhost (started if installed and not running). Writes
 bench/results/coordinator_memory.{json,md}.
@@ -21,11 +21,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from testkit import broker
+from testkit import cluster as harness
 
-from tests import broker  # noqa: E402
-from tests import cluster as harness  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def peak_mb(log: str) -> float:
@@ -39,16 +38,13 @@ def measure(hospitals: int, rounds: int, hidden: int, broker_url: str) -> dict[s
     with tempfile.TemporaryDirectory(prefix="hefl-bench-") as tmp:
         root = Path(tmp)
         source = harness.sample_csv(root / "sample.csv", patients=300 * hospitals, seed=3)
-        harness.MODEL_FLAGS[:] = [
-            "--hidden",
-            str(hidden),
-            "--batch-size",
-            "64",
-            "--local-epochs",
-            "1",
-        ]
         cluster = harness.ProcessCluster(
-            root=root, broker_url=broker_url, hospitals=hospitals, rounds=rounds, scheme="ckks"
+            root=root,
+            broker_url=broker_url,
+            hospitals=hospitals,
+            rounds=rounds,
+            scheme="ckks",
+            model_flags=("--hidden", str(hidden), "--batch-size", "64", "--local-epochs", "1"),
         )
         cluster.prepare(source)
         try:
@@ -92,7 +88,7 @@ def main() -> int:
     )
     lines = [
         f"Coordinator peak RSS, CKKS, MLP hidden {args.hidden}, {args.rounds} rounds "
-        f"(`.venv/bin/python bench/coordinator_memory.py`)",
+        f"(`.venv/bin/python -m bench.coordinator_memory`)",
         "",
         "| hospitals | update per hospital (MB) | coordinator peak RSS (MB) | ratio |",
         "|---|---|---|---|",

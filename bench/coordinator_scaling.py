@@ -13,7 +13,7 @@ time). Ours runs CKKS with ``max_hospitals`` raised to the largest N (the defaul
 anchors are TenSEAL as FLARE configures it (server context without keys, ``+`` per layer) and
 plaintext float32 sums.
 
-    .venv/bin/python bench/coordinator_scaling.py [--quick] [--sizes 100000,1000000]
+    .venv/bin/python -m bench.coordinator_scaling [--quick] [--sizes 100000,1000000]
         [--counts 10,50,200]
 
 Writes bench/results/coordinator_scaling.{json,md}.
@@ -34,9 +34,6 @@ from typing import Any
 
 import numpy as np
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from bench import report
 from bench.schemes import Float32Codec, Float32Sum, mlp_layers
 from common.crypto import HEConfig, open_aggregator, open_cipher, run_key_ceremony
@@ -44,7 +41,6 @@ from common.store import LocalStore, get_verified
 
 NAME = "coordinator_scaling"
 TITLE = "Coordinator scaling: aggregation time and peak RSS against hospitals and model size"
-SCRIPT = Path(__file__).resolve()
 QUICK_SIZES, FULL_SIZES = (10_000, 100_000), (100_000, 1_000_000)
 COUNTS = (10, 50, 200)
 DISTINCT = 4
@@ -118,9 +114,10 @@ def cell(root: Path, codec: str, size: int, count: int) -> dict[str, Any]:
 
 
 def run_cell(root: Path, codec: str, size: int, count: int) -> dict[str, Any]:
-    command = [sys.executable, str(SCRIPT), "--cell", SLUG[codec], "--root", str(root)]
+    command = [sys.executable, "-m", "bench.coordinator_scaling", "--cell", SLUG[codec]]
+    command += ["--root", str(root)]
     command += ["--size", str(size), "--count", str(count)]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    done = subprocess.run(command, cwd=report.ROOT, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"cell {codec} {size} x{count} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.report import DEFAULT_CSV
+from common.data.sources import DEFAULT_DATASET
 
 
-def dataset(workdir: Path, patients: int, *, seed: int = 7, source: Path = DEFAULT_CSV) -> Path:
+def dataset(workdir: Path, patients: int, *, seed: int = 7, source: Path = DEFAULT_DATASET) -> Path:
     """``source`` itself when ``patients`` is 0, else a CSV of that many random patients' rows
     (whole patients, so the patient-grouped splits still mean something)."""
     if not source.exists():
-        raise SystemExit(f"dataset not found: {source} (set HEFL_CSV)")
+        raise SystemExit(
+            f"dataset not found: {source} (set HEFL_SHARED_DATA to the folder holding diabetes130/)"
+        )
     if patients <= 0:
         return source
     import pandas as pd

@@ -9,7 +9,7 @@ hospital deserializes+decrypts it. Ratios against TenSEAL are taken per repeat, 
 The maximum absolute error after 10 and 100 sums of values uniform in [-1, 1] is measured on the
 whole vector up to ``--error-values`` values, and on its first ``--error-values`` beyond that.
 
-    .venv/bin/python bench/he_codec.py [--quick] [--sizes 10000,1000000] [--repeats 5]
+    .venv/bin/python -m bench.he_codec [--quick] [--sizes 10000,1000000] [--repeats 5]
 
 Writes bench/results/he_codec.{json,md}.
 """
@@ -25,9 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import report
 from bench.anchors import (

@@ -5,7 +5,7 @@ plaintext FedAvg, every hospital alone and centralized training on the pooled da
 on the same pooled hold-out (patient-grouped test splits). Cells: 4 and 10 hospitals, IID and
 label-skewed (Dirichlet, alpha 0.5); the demo's model and training settings, seed 42.
 
-    .venv/bin/python bench/model_quality.py [--quick] [--cells 4:iid,10:dirichlet] [--rounds 10]
+    .venv/bin/python -m bench.model_quality [--quick] [--cells 4:iid,10:dirichlet] [--rounds 10]
 
 Writes bench/results/model_quality.{json,md}.
 """
@@ -18,9 +18,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import report
 from bench.data import dataset
@@ -50,7 +47,7 @@ def run_cell(
     csv: Path, out: Path, hospitals: int, partition: str, rounds: int, model: ModelConfig
 ) -> dict[str, Any]:
     config = SimulationConfig(
-        csv=csv,
+        dataset=csv,
         hospitals=hospitals,
         partition=partition,  # type: ignore[arg-type]
         alpha=ALPHA,

@@ -24,11 +24,6 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-DEFAULT_CSV = Path(
-    os.environ.get(
-        "HEFL_CSV", ROOT.parent / "shared" / "data" / "diabetes130" / "diabetic_data.csv.gz"
-    )
-)
 #: Distributions whose versions every result file records.
 LIBRARIES = ("numpy", "tensorflow", "keras", "Pyfhel", "tenseal", "pandas", "scikit-learn")
 QUICK, FULL = "quick", "full"
@@ -81,10 +76,10 @@ def describe_machine(info: dict[str, Any]) -> str:
     )
 
 
-def command_line(script: str, argv: Sequence[str] | None = None) -> str:
-    """The command that produced a result: ``script`` (relative to the checkout) and its args."""
+def command_line(module: str, argv: Sequence[str] | None = None) -> str:
+    """The command that produced a result: ``python -m module`` (from the checkout) and its args."""
     args = list(sys.argv[1:] if argv is None else argv)
-    return " ".join([".venv/bin/python", script, *(shlex.quote(a) for a in args)])
+    return " ".join([".venv/bin/python", "-m", module, *(shlex.quote(a) for a in args)])
 
 
 def median(values: Iterable[float]) -> float:
@@ -109,7 +104,7 @@ def write_results(
     title: str,
     figures: dict[str, Any],
     markdown: str,
-    script: str,
+    module: str,
     argv: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Write ``<name>.json`` and ``<name>.md``; return the JSON document."""
@@ -118,7 +113,7 @@ def write_results(
         "benchmark": name,
         "title": title,
         "mode": mode,
-        "command": command_line(script, argv),
+        "command": command_line(module, argv),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": info,
         **figures,
@@ -148,7 +143,7 @@ def publish(
     markdown: str,
     argv: Sequence[str] | None = None,
 ) -> int:
-    """Write the results of ``bench/<name>.py`` and print its table; the script's exit status."""
+    """Write the results of ``bench.<name>`` and print its table; the script's exit status."""
     write_results(
         name,
         out=out,
@@ -156,7 +151,7 @@ def publish(
         title=title,
         figures=figures,
         markdown=markdown,
-        script=f"bench/{name}.py",
+        module=f"bench.{name}",
         argv=argv,
     )
     print(markdown)

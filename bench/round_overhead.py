@@ -2,8 +2,8 @@
 
 The embedded deployment (``hefl.simulation.run_federated``: coordinator and hospitals in one
 process, in-memory transport, local-folder store) runs with timing proxies around the cipher,
-store, aggregator and trainer (``bench/timing.py``; the trainer by patching the ``LocalTrainer``
-name ``run_federated`` builds), so the runtime code is unchanged. Each run has 3 rounds (quick:
+store, aggregator and trainer (``bench/timing.py``; the trainer through the ``trainer_for``
+factory ``run_federated`` takes), so the runtime code is unchanged. Each run has 3 rounds (quick:
 2); round 1 (start-up, Keras tracing, no aggregate to download) is dropped and the median of the
 later rounds is kept. Encrypted and plaintext runs alternate (the order
 flips every repeat); the ratio encrypted/plaintext is taken per repeat, then the median.
@@ -12,7 +12,7 @@ Models: the demo's Diabetes-130 MLP (Dense 128 -> Dense 1, 41,473 parameters) an
 ~1M-parameter MLP (Dense 3100 -> Dense 1 over the same 322 features, 1,004,401 parameters),
 4 hospitals, Dirichlet label skew (alpha 0.5), seed 42, the demo's training settings.
 
-    .venv/bin/python bench/round_overhead.py [--quick] [--models mlp,1m] [--patients 0]
+    .venv/bin/python -m bench.round_overhead [--quick] [--models mlp,1m] [--patients 0]
 
 Writes bench/results/round_overhead.{json,md}.
 """
@@ -25,10 +25,6 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from unittest import mock
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import report
 from bench.data import dataset
@@ -51,7 +47,6 @@ from common.crypto import (
 )
 from common.model import ModelConfig, parameter_count
 from common.store import LocalStore
-from hefl import simulation
 from hefl.simulation import Cohort, SimulationConfig, load_cohort, run_federated
 from hospital_node.training import LocalTrainer
 
@@ -84,15 +79,15 @@ def run_once(
     def trainer(model: ModelConfig, n_features: int) -> TimedTrainer:
         return TimedTrainer(LocalTrainer(model, n_features), clock)
 
-    with mock.patch.object(simulation, "LocalTrainer", trainer):
-        result = run_federated(
-            config,
-            cohort,
-            run=run,
-            cipher_for=lambda _name: cipher,
-            aggregator=aggregator,
-            store=store,
-        )
+    result = run_federated(
+        config,
+        cohort,
+        run=run,
+        cipher_for=lambda _name: cipher,
+        aggregator=aggregator,
+        store=store,
+        trainer_for=trainer,
+    )
     rounds = clock.segments[1:]  # round 1: start-up and Keras tracing, nothing to download
     first = result.rounds[0]
     return {
@@ -213,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="hefl-bench-round-") as tmp:
         root = Path(tmp)
         csv = dataset(root, patients)
-        base = SimulationConfig(csv=csv, hospitals=HOSPITALS, out=root / "out")
+        base = SimulationConfig(dataset=csv, hospitals=HOSPITALS, out=root / "out")
         cohort = load_cohort(base)
         keys = root / "keys"
         run_key_ceremony(HEConfig(), keys / "hospital", keys / "coordinator")

@@ -15,13 +15,13 @@ import hashlib
 import itertools
 import json
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from common import quiet_tensorflow
 from common.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -204,7 +204,7 @@ def build_model(config: ModelConfig, n_features: int) -> keras.Model:
     XLA is switched off so that a hospital with a GPU runs the same kernels as one without.
     """
     n_features = _require_features(n_features)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_tensorflow.load()
     import keras
 
     layers: list[Any] = [keras.Input(shape=(n_features,), name="features")]
@@ -225,7 +225,7 @@ def build_model(config: ModelConfig, n_features: int) -> keras.Model:
 
 def make_optimizer(config: ModelConfig) -> keras.optimizers.Optimizer:
     """A new, unbuilt Keras optimizer as configured."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_tensorflow.load()
     import keras
 
     if config.optimizer == "adam":

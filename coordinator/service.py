@@ -14,11 +14,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from common import layout
 from common.crypto import Aggregator, RunningSum
 from common.errors import HeflError, ProtocolError
 from common.logs import log_event
-from common.messages import (
+from common.protocol import layout
+from common.protocol.messages import (
     FinalReport,
     Hello,
     Message,
@@ -28,7 +28,7 @@ from common.messages import (
     UpdateFailed,
     UpdateSubmitted,
 )
-from common.signing import MessageCodec, SignatureError
+from common.protocol.signing import MessageCodec, SignatureError
 from common.store import Store, get_verified, sha256_hex
 from common.transport import ANNOUNCE, SUBMIT, Transport
 from coordinator import state as sm

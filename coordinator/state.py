@@ -18,14 +18,29 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, is_dataclass, replace
-from types import UnionType
-from typing import Any, Final, Literal, Union, get_args, get_origin, get_type_hints
+from dataclasses import asdict, dataclass, field, replace
+from typing import Annotated, Final, Literal
+
+import pydantic
+from pydantic import AfterValidator, AllowInfNan, ConfigDict, TypeAdapter, with_config
 
 from common.errors import ConfigError, ProtocolError
+from common.fedavg import finite_metrics, mean_metrics
+from common.validation import dotted_path, explain, missing_field
 
 Phase = Literal["round", "final", "done", "failed"]
-METRIC_NAMES: Final = ("auc", "accuracy", "loss")
+
+
+def _not_infinite(value: float) -> float:
+    if math.isinf(value):
+        raise ValueError(f"a metric is a finite number or NaN (undefined), got {value}")
+    return value
+
+
+# A hospital's metric: finite, or NaN when undefined (e.g. the AUC of a one-class hold-out).
+Metrics = dict[str, Annotated[float, AllowInfNan(), AfterValidator(_not_infinite)]]
+# How from_json reads: no "2" for 2 or true for 1, other floats finite, no unknown fields.
+_PERSISTED: Final = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,15 +79,17 @@ class RunPlan:
                 raise ConfigError(f"{name} must be a positive number of seconds, got {timeout}")
 
 
+@with_config(_PERSISTED)
 @dataclass(frozen=True, kw_only=True)
 class Accepted:
     hospital: str
     blob_ref: str
     sha256: str
     size: int
-    metrics: dict[str, float]
+    metrics: Metrics
 
 
+@with_config(_PERSISTED)
 @dataclass(frozen=True, kw_only=True)
 class RoundRecord:
     """A closed round: who contributed, what it cost, and (later) how good its model is."""
@@ -89,6 +106,7 @@ class RoundRecord:
     hospital_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
+@with_config(_PERSISTED)
 @dataclass(frozen=True, kw_only=True)
 class RunState:
     run: str
@@ -98,7 +116,7 @@ class RunState:
     deadline: float
     accepted: tuple[Accepted, ...] = ()
     failed: tuple[str, ...] = ()
-    final_reports: tuple[tuple[str, dict[str, float]], ...] = ()
+    final_reports: tuple[tuple[str, Metrics], ...] = ()
     history: tuple[RoundRecord, ...] = ()
     rejected: dict[str, int] = field(default_factory=dict)
     error: str | None = None
@@ -116,6 +134,9 @@ class RunState:
     @property
     def accepted_hospitals(self) -> tuple[str, ...]:
         return tuple(entry.hospital for entry in self.accepted)
+
+
+_STATE: Final = TypeAdapter(RunState)  # reads what ``to_json`` writes
 
 
 def new_run(plan: RunPlan, now: float) -> RunState:
@@ -181,21 +202,6 @@ def round_decision(plan: RunPlan, state: RunState, now: float) -> Literal["wait"
     if quorum and enough and answered >= set(state.roster):
         return "close"
     return "wait"
-
-
-def mean_metrics(reports: list[dict[str, float]]) -> dict[str, float] | None:
-    """Unweighted mean over hospitals (the coordinator never learns dataset sizes)."""
-    out: dict[str, float] = {}
-    for name in METRIC_NAMES:
-        values = [r[name] for r in reports if name in r and math.isfinite(r[name])]
-        if values:
-            out[name] = sum(values) / len(values)
-    return out or None
-
-
-def finite_metrics(metrics: dict[str, float]) -> dict[str, float]:
-    """The hold-out metrics of one hospital, without undefined values (e.g. a one-class AUC)."""
-    return {k: metrics[k] for k in METRIC_NAMES if k in metrics and math.isfinite(metrics[k])}
 
 
 def close_round(
@@ -273,49 +279,19 @@ def finish_run(state: RunState) -> RunState:
 
 
 def to_json(state: RunState) -> bytes:
+    """The state as JSON; an undefined metric is written as ``NaN``, which ``from_json`` reads."""
     return json.dumps(asdict(state), sort_keys=True, indent=1).encode()
 
 
 def from_json(data: bytes) -> RunState:
     """Read persisted state back, checking the type of every field (the store is untrusted)."""
     try:
-        state: RunState = _typed(RunState, json.loads(data), "state")
-    except (ValueError, RecursionError, OverflowError) as exc:
-        raise ProtocolError(f"persisted coordinator state is unreadable: {exc}") from exc
+        state = _STATE.validate_json(data)
+        missing = missing_field(state, json.loads(data), dotted_path)  # to_json writes them all
+    except pydantic.ValidationError as exc:
+        raise ProtocolError(f"persisted coordinator state: {explain(exc, dotted_path)}") from exc
+    except (ValueError, RecursionError) as exc:  # where Python's parser is stricter than pydantic's
+        raise ProtocolError(f"persisted coordinator state is not JSON: {exc}") from exc
+    if missing:
+        raise ProtocolError(f"persisted coordinator state: {missing}")
     return state
-
-
-def _typed(tp: Any, value: Any, where: str) -> Any:
-    """Parsed JSON ``value`` as the annotated type ``tp``; ProtocolError if it does not fit."""
-    origin, args = get_origin(tp), get_args(tp)
-    if isinstance(tp, type) and is_dataclass(tp):
-        hints = get_type_hints(tp)
-        if isinstance(value, dict) and value.keys() == hints.keys():  # to_json writes every field
-            return tp(**{k: _typed(hints[k], v, f"{where}.{k}") for k, v in value.items()})
-    elif origin in (Union, UnionType):
-        for option in args:
-            try:
-                return _typed(option, value, where)
-            except ProtocolError:
-                continue
-    elif origin is Literal:
-        if isinstance(value, str) and value in args:
-            return value
-    elif origin is tuple:
-        if isinstance(value, list) and len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_typed(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
-        if isinstance(value, list) and len(value) == len(args):
-            pairs = enumerate(zip(args, value, strict=True))
-            return tuple(_typed(a, v, f"{where}[{i}]") for i, (a, v) in pairs)
-    elif origin is dict:
-        if isinstance(value, dict):
-            return {k: _typed(args[1], v, f"{where}[{k!r}]") for k, v in value.items()}
-    elif tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-    elif tp is int or tp is str:
-        if type(value) is tp:
-            return value
-    elif tp is type(None) and value is None:
-        return None
-    raise ProtocolError(f"persisted coordinator state: {where} is invalid: {value!r:.60}")

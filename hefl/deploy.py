@@ -1,7 +1,8 @@
-"""The distributed deployment: key material layout, and the coordinator and hospital processes.
+"""The distributed deployment: the coordinator and hospital processes.
 
 The same Coordinator and Hospital classes as the embedded simulation, wired to RabbitMQ and a
-store chosen by URL. Every setting arrives here as a validated value from ``hefl.deploy_cli``.
+store chosen by URL, with key material from a ``hefl.keylayout.KeyLayout``. Every setting arrives
+here as a validated value from ``hefl.cli``.
 """
 
 from __future__ import annotations
@@ -21,66 +22,23 @@ from common.crypto import (
     load_hospital_bundle,
     open_aggregator,
     open_cipher,
-    run_key_ceremony,
 )
-from common.data import FeatureEncoder, load_schema, read_csv, split_by_patient
+from common.data import FeatureEncoder, load_local_data, load_schema
+from common.data.partition import DEFAULT_TEST_FRACTION
 from common.errors import HeflError
 from common.logs import log_event
 from common.model import ModelConfig, initial_weights
-from common.runconfig import run_config_digest, split_seed
-from common.signing import (
-    COORDINATOR,
-    SIGNING_KEY_FILE,
-    TRUST_FILE,
-    MessageCodec,
-    issue_identities,
-    load_identity,
-    load_trust,
-)
+from common.protocol.runconfig import run_config_digest
+from common.protocol.signing import COORDINATOR
 from common.store.url import open_store
 from common.transport.rabbitmq import RabbitMQTransport
 from coordinator.service import Coordinator
 from coordinator.state import RoundRecord, RunPlan, RunState
-from hospital_node.service import Hospital, LocalData
+from hefl.keylayout import KeyLayout
+from hospital_node.service import Hospital
+from hospital_node.trainer import TrainerFactory, keras_trainer
 
 logger = logging.getLogger("hefl.deploy")
-
-
-@dataclass(frozen=True)
-class KeyLayout:
-    """Where the key ceremony puts each role's material under one folder.
-
-    ``he-hospital/`` (holds the HE secret key: hospitals only), ``he-coordinator/`` (public HE
-    material), ``identities/<name>/signing_key.pem`` (one per participant) and
-    ``identities/trust.json`` (everyone's verification keys; public).
-    """
-
-    root: Path
-
-    @property
-    def he_hospital(self) -> Path:
-        return self.root / "he-hospital"
-
-    @property
-    def he_coordinator(self) -> Path:
-        return self.root / "he-coordinator"
-
-    @property
-    def trust(self) -> Path:
-        return self.root / "identities" / TRUST_FILE
-
-    def signing_key(self, name: str) -> Path:
-        return self.root / "identities" / name / SIGNING_KEY_FILE
-
-    def codec(self, name: str) -> MessageCodec:
-        return MessageCodec(load_identity(self.signing_key(name), name), load_trust(self.trust))
-
-
-def key_ceremony(root: Path, he: HEConfig, hospitals: list[str], *, overwrite: bool) -> KeyLayout:
-    layout = KeyLayout(root)
-    run_key_ceremony(he, layout.he_hospital, layout.he_coordinator, overwrite=overwrite)
-    issue_identities(root / "identities", hospitals)
-    return layout
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,6 +50,7 @@ class RunSettings:
     seed: int
     schema: str
     model: ModelConfig
+    test_fraction: float = DEFAULT_TEST_FRACTION
 
     def digest(self, he: HEConfig) -> str:
         encoder = FeatureEncoder(load_schema(self.schema))
@@ -136,7 +95,7 @@ def run_coordinator(
     settings: RunSettings,
     endpoints: Endpoints,
     *,
-    hospitals: tuple[str, ...] | None,
+    participants: tuple[str, ...] | None,
     min_hospitals: int | None,
     expect_hospitals: int | None = None,
     round_timeout: float,
@@ -146,7 +105,7 @@ def run_coordinator(
     layout = KeyLayout(endpoints.keys)
     bundle = load_coordinator_bundle(layout.he_coordinator)
     codec = layout.codec(COORDINATOR)
-    names = hospitals or codec.trust.hospitals
+    names = participants or codec.trust.hospitals
     plan = RunPlan(
         run=settings.run,
         rounds=settings.rounds,
@@ -195,29 +154,26 @@ def run_coordinator(
     return 0
 
 
-def load_local_data(csv: Path, schema_name: str, hospital: str, seed: int) -> LocalData:
-    """A hospital's own CSV, split by patient and encoded with the schema's fixed layout."""
-    schema = load_schema(schema_name)
-    frame = read_csv(csv, schema)
-    train, test = split_by_patient(
-        frame, schema, test_fraction=0.2, seed=split_seed(seed, hospital)
-    )
-    encoder = FeatureEncoder(schema)
-    x_train, y_train = encoder.transform(train)
-    x_test, y_test = encoder.transform(test)
-    return LocalData(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
-
-
 def run_hospital(
-    settings: RunSettings, endpoints: Endpoints, *, name: str, csv: Path, out: Path | None
+    settings: RunSettings,
+    endpoints: Endpoints,
+    *,
+    name: str,
+    csv: Path,
+    out: Path | None,
+    trainer_for: TrainerFactory = keras_trainer,
 ) -> int:
     """Take part in the run until the final model is saved; 0 on success."""
-    from hospital_node.training import LocalTrainer  # TensorFlow: hospitals only
-
     layout = KeyLayout(endpoints.keys)
     bundle = load_hospital_bundle(layout.he_hospital)
     codec = layout.codec(name)
-    data = load_local_data(csv, settings.schema, name, settings.seed)
+    data = load_local_data(
+        csv,
+        load_schema(settings.schema),
+        name,
+        seed=settings.seed,
+        test_fraction=settings.test_fraction,
+    )
     n_features = data.x_train.shape[1]
     stop = threading.Event()
     _stop_on_signals(stop)
@@ -227,7 +183,7 @@ def run_hospital(
             name,
             run=settings.run,
             data=data,
-            trainer=LocalTrainer(settings.model, n_features),
+            trainer=trainer_for(settings.model, n_features),
             cipher=open_cipher(layout.he_hospital),
             transport=transport,
             store=open_store(endpoints.store),

@@ -3,7 +3,8 @@
 The same Coordinator and Hospital classes as the real deployment, wired to the in-memory
 transport and the store named by ``SimulationConfig.store`` (a store URL; by default a local
 folder under ``out``). ``run_federated`` runs one federated run with any cipher/aggregator pair,
-so encrypted and plaintext FedAvg share one code path.
+so encrypted and plaintext FedAvg share one code path; the trainer comes from an injected
+factory (``hospital_node.trainer.TrainerFactory``), so a benchmark can time it without patching.
 """
 
 from __future__ import annotations
@@ -17,20 +18,21 @@ from typing import Any
 
 import numpy as np
 
-from common import layout
 from common.crypto import Aggregator, Cipher, HEConfig
-from common.data import FeatureEncoder, Schema, load_schema, partition, read_csv, split_by_patient
-from common.data.partition import Method
+from common.data import FeatureEncoder, Schema, encode_local, load_schema, partition, read_csv
+from common.data.local import LocalData
+from common.data.partition import DEFAULT_TEST_FRACTION, Method
 from common.errors import ConfigError, HeflError
 from common.model import ModelConfig, initial_weights
-from common.runconfig import hospital_names, run_config_digest, split_seed
-from common.signing import MessageCodec, generate_identities
+from common.protocol import layout
+from common.protocol.runconfig import hospital_names, run_config_digest
+from common.protocol.signing import MessageCodec, generate_identities
 from common.store import LocalStore, Store
 from common.transport import InMemoryTransport
 from coordinator.service import Coordinator
 from coordinator.state import RoundRecord, RunPlan, RunState
-from hospital_node.service import Hospital, LocalData
-from hospital_node.training import LocalTrainer
+from hospital_node.service import Hospital
+from hospital_node.trainer import TrainerFactory, keras_trainer
 
 logger = logging.getLogger("hefl.simulation")
 
@@ -39,7 +41,7 @@ logger = logging.getLogger("hefl.simulation")
 class SimulationConfig:
     """Everything one embedded run needs; validated by the CLI before it gets here."""
 
-    csv: Path
+    dataset: Path
     schema: str = "diabetes130"
     hospitals: int = 4
     partition: Method = "dirichlet"
@@ -47,7 +49,7 @@ class SimulationConfig:
     column: str | None = None
     rounds: int = 10
     seed: int = 42
-    test_fraction: float = 0.2
+    test_fraction: float = DEFAULT_TEST_FRACTION
     min_hospitals: int | None = None
     model: ModelConfig = field(default_factory=ModelConfig)
     he: HEConfig = field(default_factory=HEConfig)
@@ -57,7 +59,7 @@ class SimulationConfig:
     def describe(self) -> dict[str, Any]:
         """The settings a run summary records (``summary.json``'s ``config``)."""
         return {
-            "csv": str(self.csv),
+            "dataset": str(self.dataset),
             "schema": self.schema,
             "hospitals": self.hospitals,
             "partition": self.partition,
@@ -65,6 +67,7 @@ class SimulationConfig:
             "column": self.column,
             "rounds": self.rounds,
             "seed": self.seed,
+            "test_fraction": self.test_fraction,
             "model": self.model.to_dict(),
         }
 
@@ -105,7 +108,7 @@ class FederatedResult:
 def load_cohort(config: SimulationConfig) -> Cohort:
     """Read one CSV, split it into hospitals, split each by patient into train and test."""
     schema: Schema = load_schema(config.schema)
-    frame = read_csv(config.csv, schema)
+    frame = read_csv(config.dataset, schema)
     parts = partition(
         frame,
         schema,
@@ -117,17 +120,10 @@ def load_cohort(config: SimulationConfig) -> Cohort:
     )
     encoder = FeatureEncoder(schema)
     names = hospital_names(config.hospitals)
-    data = []
-    for index, part in enumerate(parts):
-        train, test = split_by_patient(
-            part,
-            schema,
-            test_fraction=config.test_fraction,
-            seed=split_seed(config.seed, names[index]),
-        )
-        x_train, y_train = encoder.transform(train)
-        x_test, y_test = encoder.transform(test)
-        data.append(LocalData(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test))
+    data = [
+        encode_local(part, schema, name, seed=config.seed, test_fraction=config.test_fraction)
+        for name, part in zip(names, parts, strict=True)
+    ]
     return Cohort(
         names=names,
         data=tuple(data),
@@ -157,6 +153,7 @@ def run_federated(
     store: Store | None = None,
     store_dir: Path | None = None,
     on_progress: Callable[[RoundRecord, RunState], None] | None = None,
+    trainer_for: TrainerFactory = keras_trainer,
 ) -> FederatedResult:
     """Run coordinator and hospitals to the end of the run; return the hospitals' final model.
 
@@ -196,7 +193,7 @@ def run_federated(
             name,
             run=run,
             data=data,
-            trainer=LocalTrainer(config.model, cohort.n_features),
+            trainer=trainer_for(config.model, cohort.n_features),
             cipher=cipher_for(name),
             transport=transport,
             store=store,

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import signal
 import subprocess
@@ -31,14 +30,21 @@ import numpy as np
 
 from common.crypto import Cipher
 from common.errors import ConfigError, TrainingError
+from common.fedavg import average_from_sum, finite_metrics, mean_metrics, training_seed
 from common.metrics import Metrics
-from common.model import initial_weights, weight_shapes
+from common.model import initial_weights, parameter_count, weight_shapes
 from common.store import Store
-from coordinator.state import finite_metrics, mean_metrics
-from hefl.compare import Row, _finite, _row, format_mb, prepare_output, render_table
+from hefl.reporting import (
+    Emit,
+    Row,
+    data_header,
+    prepare_output,
+    progress_line,
+    results,
+    write_summary,
+)
 from hefl.simulation import Cohort, SimulationConfig, load_cohort
-from hospital_node.service import average_from_sum, training_seed
-from hospital_node.training import LocalTrainer, epoch_orders
+from hospital_node.trainer import Trainer, TrainerFactory, epoch_orders, keras_trainer
 
 REPO_ROOT: Final = Path(__file__).resolve().parents[1]
 RUNNER: Final = REPO_ROOT / "tff_engine" / "run_fedavg.py"
@@ -203,7 +209,7 @@ def round_weights_from_store(
 
 
 def pooled_losses(
-    evaluator: LocalTrainer, round_weights: np.ndarray, x: np.ndarray, y: np.ndarray
+    evaluator: Trainer, round_weights: np.ndarray, x: np.ndarray, y: np.ndarray
 ) -> list[float]:
     """Loss of each round's global model on pooled rows: the cross-check's training loss."""
     return [evaluator.evaluate(weights, x, y).loss for weights in round_weights]
@@ -216,23 +222,17 @@ def _scores(metrics: Metrics) -> dict[str, float]:
 def run_tff_engine(
     config: SimulationConfig,
     *,
-    emit: Callable[[str], None] = print,
+    emit: Emit = print,
     venv: Path | None = None,
     timeout: float = DEFAULT_TIMEOUT_SECONDS,
+    trainer_for: TrainerFactory = keras_trainer,
 ) -> dict[str, Any]:
     """``simulate --engine tff``: TFF's weighted FedAvg on our partitions, our summary format."""
     python = tff_python(venv)  # both checked before anything is written
     out = prepare_output(_supported(config).out)
-    emit(
-        f"data: {config.csv} ({config.schema}), {config.hospitals} hospitals, "
-        f"partition {config.partition}, {config.rounds} rounds, seed {config.seed}"
-    )
     cohort = load_cohort(config)
-    for name, d in zip(cohort.names, cohort.data, strict=True):
-        emit(
-            f"  {name}: {len(d.y_train)} train / {len(d.y_test)} test rows, "
-            f"positive rate {float(np.mean(d.y_train)):.3f}"
-        )
+    for line in data_header(config, cohort):
+        emit(line)
     work = out / "tff"
     emit(f"{TFF_METHOD}: tensorflow-federated in {python.parent.parent}, log {work / 'tff.log'}")
     started = time.perf_counter()
@@ -249,8 +249,9 @@ def run_tff_engine(
     finally:  # the export holds every hospital's training rows: keep only the settings
         (work / "input" / DATA_FILE).unlink(missing_ok=True)
     seconds = time.perf_counter() - started
-    evaluator = LocalTrainer(config.model, cohort.n_features)
-    weights, tff_metrics = read_outputs(work / "output", config.rounds, evaluator.parameter_count)
+    evaluator = trainer_for(config.model, cohort.n_features)
+    n_params = parameter_count(config.model, cohort.n_features)
+    weights, tff_metrics = read_outputs(work / "output", config.rounds, n_params)
     x_train, y_train = cohort.pooled_train
     train_losses = pooled_losses(evaluator, weights, x_train, y_train)
     records = []
@@ -277,22 +278,24 @@ def run_tff_engine(
             }
         )
         emit(
-            f"  round {index + 1:>3}/{config.rounds}  hospitals {len(cohort.names)}/"
-            f"{len(cohort.names)}  auc {mean.get('auc', math.nan):.4f}  "
-            f"loss {mean.get('loss', math.nan):.4f}  {tff_record['seconds']:6.1f} s  "
-            f"uploaded {format_mb(None)}"
+            progress_line(
+                round_=index + 1,
+                rounds=config.rounds,
+                contributed=len(cohort.names),
+                hospitals=len(cohort.names),
+                metrics=mean,
+                seconds=tff_record["seconds"],
+                uploaded=None,
+            )
         )
     x_test, y_test = cohort.pooled_test
-    rows: list[Row] = [
-        _row(TFF_METHOD, evaluator.evaluate(weights[-1], x_test, y_test), seconds, None)
-    ]
-    emit("")
-    emit(f"pooled hold-out: {len(y_test)} encounters, positive rate {float(np.mean(y_test)):.3f}")
-    emit(render_table(rows))
+    rows = [Row.of(TFF_METHOD, evaluator.evaluate(weights[-1], x_test, y_test), seconds, None)]
+    for line in results(rows, y_test):
+        emit(line)
     summary = {
         "config": {"engine": "tff", **config.describe(), "he": None},
         "n_features": cohort.n_features,
-        "parameters": evaluator.parameter_count,
+        "parameters": n_params,
         "upload": None,
         "results": [asdict(r) for r in rows],
         "runs": {
@@ -304,7 +307,6 @@ def run_tff_engine(
             }
         },
     }
-    text = json.dumps(_finite(summary), indent=1, allow_nan=False, default=str)
-    (out / "summary.json").write_text(text)
-    emit(f"\nwrote {out / 'summary.json'}; TFF's settings, log and weights are under {work}/")
+    path = write_summary(out, summary)
+    emit(f"\nwrote {path}; TFF's settings, log and weights are under {work}/")
     return summary

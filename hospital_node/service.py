@@ -8,21 +8,21 @@ encrypting is reported to the coordinator as ``UpdateFailed``, not as silence.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, Protocol
 
 import numpy as np
 
-from common import layout
 from common.crypto import Cipher
+from common.data.local import LocalData
 from common.errors import HeflError, ProtocolError, TrainingError
+from common.fedavg import average_from_sum, training_seed, weighted_payload
 from common.logs import log_event
-from common.messages import (
+from common.metrics import Metrics
+from common.protocol import layout
+from common.protocol.messages import (
     FinalReport,
     Hello,
     RoundStarted,
@@ -31,59 +31,12 @@ from common.messages import (
     UpdateFailed,
     UpdateSubmitted,
 )
-from common.metrics import Metrics
-from common.signing import MessageCodec
+from common.protocol.signing import MessageCodec
 from common.store import Store, get_verified, sha256_hex
 from common.transport import ANNOUNCE, SUBMIT, Transport
-
-if TYPE_CHECKING:  # training imports TensorFlow; the protocol code does not need it
-    from hospital_node.training import FitResult
+from hospital_node.trainer import Trainer
 
 logger = logging.getLogger("hefl.hospital")
-
-# A hospital's FedAvg weight is its training-row count divided by this, so encrypted values stay
-# small (within the cipher's value bound) while weights keep their ratios.
-WEIGHT_UNIT: Final = 10_000.0
-
-
-class Trainer(Protocol):
-    def fit(self, weights: np.ndarray, x: np.ndarray, y: np.ndarray, *, seed: int) -> FitResult: ...
-
-    def evaluate(self, weights: np.ndarray, x: np.ndarray, y: np.ndarray) -> Metrics: ...
-
-    def save_model(self, weights: np.ndarray, path: Path, metrics: Metrics | None) -> None: ...
-
-
-@dataclass(frozen=True, eq=False)
-class LocalData:
-    """A hospital's own rows, already encoded; they never leave this process."""
-
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-
-
-def training_seed(seed: int, round_: int, hospital: str) -> int:
-    """Per-round, per-hospital shuffling seed, the same in every process and deployment."""
-    digest = hashlib.sha256(f"{seed}:{round_}:{hospital}".encode()).digest()
-    return int.from_bytes(digest[:4], "little")
-
-
-def weighted_payload(weights: np.ndarray, n_train: int) -> np.ndarray:
-    """``[w * theta..., w]``: what a hospital encrypts (w hides nothing more than its ratio)."""
-    w = n_train / WEIGHT_UNIT
-    return np.concatenate([np.asarray(weights, dtype=np.float64) * w, [w]])
-
-
-def average_from_sum(total: np.ndarray, n_params: int) -> np.ndarray:
-    """Divide the decrypted sum of weighted models by the decrypted sum of weights."""
-    if total.shape != (n_params + 1,):
-        raise ProtocolError(f"aggregate holds {total.shape[0]} values, expected {n_params + 1}")
-    weight = float(total[-1])
-    if not np.isfinite(weight) or weight <= 0:
-        raise ProtocolError(f"aggregate weight {weight} is not positive")
-    return (total[:-1] / weight).astype(np.float32)
 
 
 class Hospital:

@@ -20,7 +20,6 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,13 +28,13 @@ from common.errors import ConfigError, HeflError, TrainingError
 from common.logs import log_event
 from common.metrics import Metrics, compute_metrics
 from common.model import ModelConfig, build_model, flatten, parameter_count, unflatten
+from common.quiet_tensorflow import load as load_tensorflow
+from hospital_node.trainer import FitResult, epoch_orders
 
-# Quiet TensorFlow's C++ logging unless the user asked for something else; this only works
-# when set before TensorFlow is first imported.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+load_tensorflow()  # TensorFlow's native start-up lines stay off the terminal
 
-import keras
-import tensorflow as tf
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -43,19 +42,6 @@ MODEL_SUFFIX = ".keras"
 METRICS_SUFFIX = ".metrics.json"
 # Rows per forward pass in predict(): bounds memory on large hold-outs.
 PREDICT_CHUNK_ROWS = 8192
-
-
-@dataclass(frozen=True, eq=False)
-class FitResult:
-    """Outcome of one local fit: new flat weights, mean loss of the last epoch, rows used.
-
-    Compared by identity (``eq=False``): ``==`` on arrays is element-wise, so compare
-    ``weights`` explicitly.
-    """
-
-    weights: np.ndarray
-    loss: float
-    n: int
 
 
 @contextmanager
@@ -74,15 +60,6 @@ def _translating(action: str) -> Iterator[None]:
         OSError,
     ) as exc:
         raise TrainingError(f"could not {action}: {type(exc).__name__}: {exc}") from exc
-
-
-def epoch_orders(rows: int, epochs: int, seed: int) -> list[np.ndarray]:
-    """The row order of each epoch of one :meth:`LocalTrainer.fit` with this ``seed``.
-
-    Public so that the TFF reference engine (``hefl.tff``) trains on exactly the same batches.
-    """
-    rng = np.random.default_rng(seed)
-    return [rng.permutation(rows) for _ in range(epochs)]
 
 
 def metrics_path(model_path: Path) -> Path:

@@ -7,13 +7,19 @@ from types import ModuleType
 
 import pytest
 
-from tests import broker as broker_module
+from testkit import broker as broker_module
 
 
 @pytest.fixture
 def broker() -> ModuleType:
-    """The local broker (started if needed), with ``restart()``, ``stop_app()``, ..."""
-    broker_module.ensure_running()
+    """The local broker (started if needed), with ``restart()``, ``stop_app()``, ...
+
+    A broker that cannot be started fails the test with the reason; it never skips.
+    """
+    try:
+        broker_module.ensure_running()
+    except broker_module.BrokerError as exc:
+        pytest.fail(str(exc), pytrace=False)
     return broker_module
 
 

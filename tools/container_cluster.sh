@@ -8,8 +8,10 @@
 #   tools/container_cluster.sh clean      down, and remove volumes, images and credentials
 # Uses `docker compose` (the v2 plugin) when present, else `docker-compose` (1.29 or v2);
 # HEFL_COMPOSE="docker-compose" (or another command) picks one.
-# Environment: see docker/compose.yaml (HEFL_ROUNDS, HEFL_MAX_HOSPITALS, ...), BASE_IMAGE,
+# Environment: see docker/compose.yaml (HEFL_ROUNDS, HEFL_HOSPITALS, ...), BASE_IMAGE,
 # RABBITMQ_IMAGE, OFFLINE, HEFL_SKIP_BUILD=1 (use the images already built), HEFL_FOLLOW=0.
+# Identities: a new cluster issues HEFL_HOSPITALS of them (at least N; `up N` sets it to N when
+# unset), once; the count is remembered in docker/.env so that `scale` refuses more replicas.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PROJECT=${HEFL_PROJECT:-hefl}
@@ -40,17 +42,39 @@ follow() {
   return "$code"
 }
 
+# The number of identities this cluster's keys hold: remembered in docker/.env when issued.
+issued_identities() { sed -n 's/^HEFL_HOSPITALS=\([0-9][0-9]*\)$/\1/p' docker/.env 2>/dev/null | tail -1; }
+keys_exist() { docker volume inspect "${PROJECT}_hospital-keys" >/dev/null 2>&1; }
+
+# `up N`: a new cluster issues HEFL_HOSPITALS identities (N when unset) and remembers the count;
+# a cluster whose keys exist keeps its count (keys are issued once per cluster).
+identities_for_up() {
+  local n=$1 issued
+  issued=$(issued_identities)
+  if [ -z "$issued" ] || ! keys_exist; then
+    issued=${HEFL_HOSPITALS:-$n}
+    [ "$issued" -ge "$n" ] || { echo "error: HOSPITALS=$n is more than HEFL_HOSPITALS=$issued identities" >&2; exit 2; }
+    { grep -v '^HEFL_HOSPITALS=' docker/.env || true; echo "HEFL_HOSPITALS=$issued"; } >docker/.env.new
+    chmod 600 docker/.env.new && mv docker/.env.new docker/.env
+  elif [ -n "${HEFL_HOSPITALS:-}" ] && [ "$HEFL_HOSPITALS" != "$issued" ]; then
+    echo "[cluster] keys exist for $issued identities; HEFL_HOSPITALS=$HEFL_HOSPITALS is ignored until make clean" >&2
+  fi
+  export HEFL_HOSPITALS=$issued
+  within_identities "$n"
+}
+
 within_identities() {
-  local max=${HEFL_MAX_HOSPITALS:-8}
-  [ "$1" -le "$max" ] || { echo "error: HOSPITALS=$1 is more than HEFL_MAX_HOSPITALS=$max identities; keys are issued once per cluster: make clean, then make up HEFL_MAX_HOSPITALS=$1 HOSPITALS=$1" >&2; exit 2; }
+  local issued; issued=$(issued_identities)
+  [ -n "$issued" ] || { echo "error: no cluster keys issued yet: make up" >&2; exit 2; }
+  [ "$1" -le "$issued" ] || { echo "error: HOSPITALS=$1 is more than the $issued identities this cluster's keys hold; keys are issued once per cluster: make clean, then make up HOSPITALS=$1 (or HEFL_HOSPITALS=M HOSPITALS=$1 for room to scale to M)" >&2; exit 2; }
 }
 
 case "${1:-}" in
   up)
-    n=${2:-4}
-    within_identities "$n"
-    export HEFL_EXPECT_HOSPITALS=${HEFL_EXPECT_HOSPITALS:-$n}
+    n=${2:?usage: up N}
     py docker/broker_credentials.py
+    identities_for_up "$n"
+    export HEFL_EXPECT_HOSPITALS=${HEFL_EXPECT_HOSPITALS:-$n}
     [ "${HEFL_SKIP_BUILD:-0}" = 1 ] || bash tools/container_build.sh coordinator hospital
     echo "[cluster] $("${COMPOSE[@]}" version 2>/dev/null | head -1) ('${COMPOSE[*]}')" >&2
     compose up -d --scale "hospital=$n"

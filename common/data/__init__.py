@@ -11,6 +11,7 @@ from common.data.features import (
     icd9_group,
     patient_ids,
 )
+from common.data.local import LocalData, encode_local, load_local_data
 from common.data.partition import (
     home_values,
     partition,
@@ -25,12 +26,15 @@ __all__ = [
     "ICD9_GROUPS",
     "ColumnSpec",
     "FeatureEncoder",
+    "LocalData",
     "Schema",
     "TargetRule",
     "bundled_schema_names",
     "column_feature_names",
+    "encode_local",
     "home_values",
     "icd9_group",
+    "load_local_data",
     "load_schema",
     "parse_frame",
     "parse_schema",

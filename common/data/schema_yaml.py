@@ -1,9 +1,10 @@
 """Loading dataset schemas from YAML: bundled ``schemas/*.yaml`` files or a path on disk.
 
-This is the only module that imports PyYAML. It reads the text strictly (duplicate keys and unknown
-keys are errors, ``No``/``Yes`` stay strings) and turns it into the frozen dataclasses of
-:mod:`common.data.schema`, which then validate themselves. Every error is a SchemaError naming the
-file and the offending field.
+This is the only module that imports PyYAML. It reads the text strictly (duplicate keys are errors,
+``No``/``Yes`` stay strings), checks the keys and value types of each mapping with strict pydantic
+models (one per column kind: a key of another kind is an error), and turns the result into the
+frozen dataclasses of :mod:`common.data.schema`, which then check their own consistency. Every
+error is a SchemaError naming the file and the offending field.
 """
 
 from __future__ import annotations
@@ -11,15 +12,30 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
-from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any, cast
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    PlainValidator,
+    ValidationError,
+)
 
-from common.data.schema import ColumnSpec, Schema, TargetRule
+from common.data.schema import (
+    ColumnSpec,
+    DateEncoding,
+    MissingPolicy,
+    Schema,
+    TargetRule,
+    UnseenPolicy,
+)
 from common.errors import SchemaError
+from common.validation import Location, dotted_path, explain
 
 FORMAT_VERSION = 1
 
@@ -49,16 +65,136 @@ _Loader.add_implicit_resolver(
     _BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
 )
 
-_COMMON_KEYS = {"kind", "description", "missing", "missing_markers", "impute"}
-_KIND_KEYS: dict[str, set[str]] = {
-    "number": {"range", "log1p"},
-    "category": {"values", "unseen"},
-    "boolean": {"true_values", "false_values"},
-    "date": {"formats", "encode", "range"},
-    "icd9": set(),
-    "ignore": set(),
+
+def _text(value: object) -> str:
+    # A YAML integer is read as its digits: ``- 250`` in a list of codes means the text "250".
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise ValueError(f"{value!r} is not text; write it in quotes")
+
+
+def _non_empty(value: str) -> str:
+    if not value.strip():
+        raise ValueError("expected a non-empty text value")
+    return value
+
+
+def _list_as_tuple(value: object) -> tuple[Any, ...]:
+    if not isinstance(value, list):
+        raise ValueError(f"expected a list, e.g. [a, b], got {value!r:.60}")
+    return tuple(value)
+
+
+def _pair(value: object) -> tuple[Any, ...]:
+    if not isinstance(value, list) or len(value) != 2:
+        raise ValueError(f"expected [lo, hi], got {value!r:.60}")
+    return tuple(value)
+
+
+def _iso_date(value: object) -> object:
+    if isinstance(value, dt.datetime):
+        return value.date()
+    return dt.date.fromisoformat(value) if isinstance(value, str) else value
+
+
+def _supported(version: int) -> int:
+    if version != FORMAT_VERSION:
+        raise ValueError(f"unsupported version {version}; this release reads {FORMAT_VERSION}")
+    return version
+
+
+# Value types of the YAML format. Lists arrive as Python lists; strict pydantic wants tuples.
+_Text = Annotated[str, PlainValidator(_text)]
+_Name = Annotated[str, PlainValidator(_text), AfterValidator(_non_empty)]
+_Texts = Annotated[tuple[_Text, ...], BeforeValidator(_list_as_tuple)]
+_IsoDate = Annotated[dt.date, BeforeValidator(_iso_date)]  # a YAML date or "YYYY-MM-DD"
+_NumberRange = Annotated[tuple[float, float], BeforeValidator(_pair)]
+_DateRange = Annotated[tuple[_IsoDate, _IsoDate], BeforeValidator(_pair)]
+
+
+_NOT_A_MAPPING = "expected a mapping of key: value lines"
+
+
+class _Strict(BaseModel):
+    """The YAML keys of one mapping and their types. A key left out (or written ``~``) takes the
+    default of the dataclass it fills, which is why every optional key here defaults to None."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+
+    def given(self, *keys: str) -> dict[str, Any]:
+        """The values of ``keys`` (all keys if none are named) that the file sets."""
+        return self.model_dump(include=set(keys) or None, exclude_none=True)
+
+
+class _Column(_Strict):
+    description: _Text | None = None
+    missing: MissingPolicy | None = None
+    missing_markers: _Texts | None = None
+
+
+class _Number(_Column):
+    kind: Literal["number"]
+    range: _NumberRange | None = None
+    log1p: bool | None = None
+    impute: float | None = None
+
+
+class _Category(_Column):
+    kind: Literal["category"]
+    values: _Texts | None = None
+    unseen: UnseenPolicy | None = None
+    impute: _Text | None = None
+
+
+class _Boolean(_Column):
+    kind: Literal["boolean"]
+    true_values: _Texts | None = None
+    false_values: _Texts | None = None
+    impute: bool | None = None
+
+
+class _Date(_Column):
+    kind: Literal["date"]
+    formats: _Texts | None = None
+    encode: DateEncoding | None = None
+    range: _DateRange | None = None
+    impute: _IsoDate | None = None
+
+
+class _Icd9(_Column):
+    kind: Literal["icd9"]
+
+
+class _Ignore(_Column):
+    kind: Literal["ignore"]
+
+
+_KINDS: dict[str, type[_Column]] = {
+    "number": _Number,
+    "category": _Category,
+    "boolean": _Boolean,
+    "date": _Date,
+    "icd9": _Icd9,
+    "ignore": _Ignore,
 }
-_TOP_KEYS = {"format_version", "name", "description", "missing_markers", "patient_id", "target"}
+
+
+class _Target(_Strict):
+    column: _Name
+    positive: _Texts
+    negative: _Texts
+
+
+class _Document(_Strict):
+    format_version: Annotated[int, AfterValidator(_supported)] = FORMAT_VERSION
+    name: _Name
+    description: _Text | None = None
+    missing_markers: _Texts | None = None
+    patient_id: _Name
+    target: _Target
+    columns: dict[_Name, dict[Any, Any]]  # each checked by the model of its kind
 
 
 def bundled_schema_names() -> tuple[str, ...]:
@@ -96,35 +232,19 @@ def parse_schema(text: str, *, file: str = "<string>") -> Schema:
     """Build a Schema from YAML text; ``file`` only names the source in errors."""
     try:
         data = yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: an integer beyond the digit limit
         raise SchemaError(f"not valid YAML: {exc}", file=file) from exc
     except SchemaError as exc:
         raise SchemaError(str(exc), file=file) from None
-    top = _mapping(data, "the document", file)
-    _check_keys(top, _TOP_KEYS | {"columns"}, "the document", file)
-    version = top.get("format_version", FORMAT_VERSION)
-    if version != FORMAT_VERSION:
-        raise SchemaError(f"field format_version: unsupported version {version!r}", file=file)
-    target = _mapping(top.get("target"), "target", file)
-    _check_keys(target, {"column", "positive", "negative"}, "target", file)
-    columns = _mapping(top.get("columns"), "columns", file)
     try:
-        specs = tuple(
-            _column(str(name), _mapping(raw, f"columns.{name}", file), file)
-            for name, raw in columns.items()
-        )
+        document = _validated(_Document, data, ())
         return Schema(
-            name=_string(top.get("name"), "name", file),
-            columns=specs,
-            target=TargetRule(
-                column=_string(target.get("column"), "target.column", file),
-                positive=_strings(target.get("positive"), "target.positive", file),
-                negative=_strings(target.get("negative"), "target.negative", file),
-            ),
-            patient_id=_string(top.get("patient_id"), "patient_id", file),
-            missing_markers=_strings(top.get("missing_markers", []), "missing_markers", file),
-            description=str(top.get("description", "")),
+            name=document.name,
+            columns=tuple(_column(name, raw) for name, raw in document.columns.items()),
+            target=TargetRule(**document.target.given()),
+            patient_id=document.patient_id,
             source=file,
+            **document.given("missing_markers", "description"),
         )
     except SchemaError as exc:
         if exc.file is not None:
@@ -134,95 +254,32 @@ def parse_schema(text: str, *, file: str = "<string>") -> Schema:
         raise error from None
 
 
-def _column(name: str, raw: Mapping[str, Any], file: str) -> ColumnSpec:
-    where = f"columns.{name}"
+def _column(name: str, raw: dict[Any, Any]) -> ColumnSpec:
     kind = raw.get("kind")
-    if kind not in _KIND_KEYS:
-        raise SchemaError(f"field {where}.kind: expected one of {sorted(_KIND_KEYS)}", file=file)
-    _check_keys(raw, _COMMON_KEYS | _KIND_KEYS[kind], where, file)
-    args: dict[str, Any] = {
-        "name": name,
-        "kind": kind,
-        "description": str(raw.get("description", "")),
-        "missing": raw.get("missing", "error"),
-        "missing_markers": _strings(
-            raw.get("missing_markers", []), f"{where}.missing_markers", file
-        ),
-    }
-    if "unseen" in raw:
-        args["unseen"] = raw["unseen"]
-    if "encode" in raw:
-        args["encode"] = raw["encode"]
-    if "log1p" in raw:
-        if not isinstance(raw["log1p"], bool):
-            raise SchemaError(f"field {where}.log1p: expected true or false", file=file)
-        args["log1p"] = raw["log1p"]
-    for key in ("values", "true_values", "false_values", "formats"):
-        if key in raw:
-            args[key] = _strings(raw[key], f"{where}.{key}", file)
-    if "range" in raw and kind == "number":
-        args["range"] = cast(
-            tuple[float, float], _pair(raw["range"], f"{where}.range", file, float)
-        )
-    if "range" in raw and kind == "date":
-        args["date_range"] = _pair(raw["range"], f"{where}.range", file, _date)
-    if "impute" in raw:
-        impute = raw["impute"]
-        if kind == "date":
-            impute = _pair([impute, impute], f"{where}.impute", file, _date)[0]
-        elif kind == "number" and isinstance(impute, int | float) and not isinstance(impute, bool):
-            impute = float(impute)
-        elif kind == "category" and isinstance(impute, int) and not isinstance(impute, bool):
-            impute = str(impute)
-        args["impute"] = impute
-    return ColumnSpec(**args)
+    model = _KINDS.get(kind) if isinstance(kind, str) else None
+    if model is None:
+        raise SchemaError(f"field columns.{name}.kind: expected one of {sorted(_KINDS)}")
+    args = _validated(model, raw, ("columns", name)).given()
+    if kind == "date" and "range" in args:
+        args["date_range"] = args.pop("range")
+    return ColumnSpec(name=name, **args)
 
 
-def _mapping(value: Any, where: str, file: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise SchemaError(f"field {where}: expected a mapping of key: value lines", file=file)
-    return value
+_ModelT = TypeVar("_ModelT", bound=_Strict)
 
 
-def _check_keys(raw: Mapping[str, Any], allowed: set[str], where: str, file: str) -> None:
-    unknown = sorted(str(key) for key in raw if key not in allowed)
-    if unknown:
-        raise SchemaError(
-            f"field {where}: unknown keys {unknown}; allowed here: {sorted(allowed)}", file=file
-        )
-
-
-def _string(value: Any, where: str, file: str) -> str:
-    if isinstance(value, bool) or not isinstance(value, str | int) or str(value).strip() == "":
-        raise SchemaError(f"field {where}: expected a non-empty text value", file=file)
-    return str(value)
-
-
-def _strings(value: Any, where: str, file: str) -> tuple[str, ...]:
-    if not isinstance(value, list):
-        raise SchemaError(f"field {where}: expected a list, e.g. [a, b]", file=file)
-    for index, item in enumerate(value):
-        if isinstance(item, bool) or not isinstance(item, str | int):
-            raise SchemaError(
-                f"field {where}[{index}]: {item!r} is not text; write it in quotes", file=file
-            )
-    return tuple(str(item) for item in value)
-
-
-def _pair(value: Any, where: str, file: str, convert: Any) -> tuple[Any, Any]:
-    if not isinstance(value, list) or len(value) != 2 or any(isinstance(v, bool) for v in value):
-        raise SchemaError(f"field {where}: expected [lo, hi]", file=file)
+def _validated(model: type[_ModelT], data: object, where: Location) -> _ModelT:
+    """``data`` checked by ``model``; a SchemaError names the first bad field by its YAML path."""
+    if not isinstance(data, dict):
+        raise SchemaError(f"field {dotted_path(where) or 'the document'}: {_NOT_A_MAPPING}")
     try:
-        return convert(value[0]), convert(value[1])
-    except (TypeError, ValueError) as exc:
-        raise SchemaError(f"field {where}: {exc}", file=file) from exc
-
-
-def _date(value: Any) -> dt.date:
-    if isinstance(value, dt.datetime):
-        return value.date()
-    if isinstance(value, dt.date):
-        return value
-    if isinstance(value, str):
-        return dt.date.fromisoformat(value)
-    raise ValueError(f"expected a date written as YYYY-MM-DD, got {value!r}")
+        return model.model_validate(data)
+    except ValidationError as exc:
+        # Only the document nests a mapping (``target``); the columns' come here one by one.
+        nested: dict[Location, type[_Strict]] = {("target",): _Target}
+        problem = explain(
+            exc,
+            lambda loc: dotted_path((*where, *loc)),
+            allowed=lambda parent: nested.get(parent, model).model_fields,
+        )
+        raise SchemaError(problem) from exc

@@ -2,14 +2,16 @@
 
 The policy is plain data and the delay a pure function, so tests check the schedule without
 waiting; the caller injects ``sleep`` and ``rand`` (``time.sleep`` and ``random.random`` in
-production, a recorder and a constant in tests).
+production, a recorder and a constant in tests). The retry loop itself is tenacity's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, TypeVar
+from typing import Final, NoReturn, TypeVar
+
+import tenacity
 
 T = TypeVar("T")
 
@@ -69,19 +71,38 @@ def call_with_retries(
 
     A permanent error propagates unchanged; after ``policy.attempts`` transient failures
     ``RetriesExhausted`` is raised. ``action`` must be safe to repeat (resumable transfers keep
-    their progress between calls).
+    their progress between calls). ``transient`` only classifies, so it may be asked twice.
     """
-    for attempt in range(policy.attempts):
-        try:
-            return action()
-        except Exception as exc:
-            retryable, retry_after = transient(exc)
-            if not retryable:
-                raise
-            if attempt + 1 == policy.attempts:
-                raise RetriesExhausted(policy.attempts, exc) from exc
-            delay = backoff_delay(policy, attempt, rand(), retry_after)
-            if on_retry is not None:
-                on_retry(attempt + 1, delay, exc)
-            sleep(delay)
-    raise AssertionError("unreachable")  # pragma: no cover
+
+    def retryable(error: BaseException) -> bool:
+        return isinstance(error, Exception) and transient(error)[0]
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        retry_after = transient(_failure(state))[1]
+        return backoff_delay(policy, state.attempt_number - 1, rand(), retry_after)
+
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        if on_retry is not None and state.next_action is not None:
+            on_retry(state.attempt_number, state.next_action.sleep, _failure(state))
+
+    def give_up(state: tenacity.RetryCallState) -> NoReturn:
+        last = _failure(state)
+        raise RetriesExhausted(policy.attempts, last) from last
+
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception(retryable),  # anything else propagates unchanged
+        stop=tenacity.stop_after_attempt(policy.attempts),
+        wait=wait,
+        sleep=sleep,
+        before_sleep=before_sleep,
+        retry_error_callback=give_up,
+    )
+    return retrying(action)
+
+
+def _failure(state: tenacity.RetryCallState) -> BaseException:
+    """The error of the attempt tenacity is deciding about (it only asks after a failure)."""
+    error = state.outcome.exception() if state.outcome is not None else None
+    if error is None:
+        raise RuntimeError(f"retry decision without a failed attempt: {state!r}")
+    return error

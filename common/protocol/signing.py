@@ -1,0 +1,203 @@
+"""Signed messages: Ed25519 identities, the trust file, and the signed envelope.
+
+The key ceremony issues one signing key per participant (the coordinator and every hospital) and
+one public ``trust.json`` naming each participant's verification key and role. Every control
+message travels in an envelope ``{"signer", "body", "sig"}``; ``MessageCodec.decode`` accepts it
+only if the signer is known, the signature over the exact body bytes is valid, and the signer is
+the party the message speaks for (a hospital signs only its own submissions, only the coordinator
+announces rounds). Replays are caught by the round state: a submission for a closed round is
+late, the same submission twice changes nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, Literal
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from common.errors import KeyBundleError, ProtocolError
+from common.protocol.messages import MAX_MESSAGE_BYTES, Message, decode, encode
+
+Role = Literal["coordinator", "hospital"]
+COORDINATOR: Final = "coordinator"
+SIGNING_KEY_FILE: Final = "signing_key.pem"
+TRUST_FILE: Final = "trust.json"
+_CONTEXT: Final = b"hefl-message-v1\x00"  # domain separation for signatures
+
+
+class SignatureError(ProtocolError):
+    """A message is unsigned, signed by an unknown party, forged, or signed by the wrong party."""
+
+
+@dataclass(frozen=True, eq=False)
+class Identity:
+    """One participant's name and private signing key."""
+
+    name: str
+    key: Ed25519PrivateKey
+
+    def __repr__(self) -> str:
+        return f"Identity({self.name!r})"
+
+
+@dataclass(frozen=True, eq=False)
+class Trust:
+    """Every participant's verification key and role (public)."""
+
+    keys: dict[str, tuple[Role, Ed25519PublicKey]]
+
+    def role_of(self, name: str) -> Role | None:
+        entry = self.keys.get(name)
+        return entry[0] if entry else None
+
+    @property
+    def hospitals(self) -> tuple[str, ...]:
+        return tuple(sorted(n for n, (role, _) in self.keys.items() if role == "hospital"))
+
+
+def _raw(public: Ed25519PublicKey) -> str:
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return base64.b64encode(raw).decode()
+
+
+def generate_identities(hospitals: list[str]) -> tuple[dict[str, Identity], Trust]:
+    """Fresh signing keys for the coordinator and each hospital, and the matching trust."""
+    names = [COORDINATOR, *hospitals]
+    if len(set(names)) != len(names):
+        raise KeyBundleError(f"participant names must be distinct: {names}")
+    identities = {name: Identity(name=name, key=Ed25519PrivateKey.generate()) for name in names}
+    trust = Trust(
+        keys={
+            name: ("coordinator" if name == COORDINATOR else "hospital", ident.key.public_key())
+            for name, ident in identities.items()
+        }
+    )
+    return identities, trust
+
+
+def issue_identities(directory: Path, hospitals: list[str]) -> Trust:
+    """Write ``<directory>/<name>/signing_key.pem`` (0600) for the coordinator and each hospital,
+    and the public ``<directory>/trust.json``."""
+    identities, trust = generate_identities(hospitals)
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, identity in identities.items():
+        pem = identity.key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        folder = directory / name
+        folder.mkdir(mode=0o700, exist_ok=True)
+        path = folder / SIGNING_KEY_FILE
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(pem)
+    body = {name: {"role": role, "ed25519": _raw(pub)} for name, (role, pub) in trust.keys.items()}
+    (directory / TRUST_FILE).write_text(json.dumps({"participants": body}, indent=1) + "\n")
+    return trust
+
+
+def load_identity(path: Path, name: str) -> Identity:
+    """Read a participant's signing key (the file written by ``issue_identities``)."""
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise KeyBundleError(f"{path}: cannot read the signing key of {name}: {exc}") from exc
+    if not isinstance(key, Ed25519PrivateKey):
+        raise KeyBundleError(f"{path}: not an Ed25519 signing key")
+    return Identity(name=name, key=key)
+
+
+def load_trust(path: Path) -> Trust:
+    """Read ``trust.json``; malformed entries are a KeyBundleError naming the participant."""
+    try:
+        data = json.loads(path.read_text())
+        participants = data["participants"]
+        keys: dict[str, tuple[Role, Ed25519PublicKey]] = {}
+        for name, entry in participants.items():
+            role = entry["role"]
+            if role not in ("coordinator", "hospital"):
+                raise ValueError(f"{name}: unknown role {role!r}")
+            raw = base64.b64decode(entry["ed25519"], validate=True)
+            keys[name] = (role, Ed25519PublicKey.from_public_bytes(raw))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, binascii.Error) as exc:
+        raise KeyBundleError(f"{path}: cannot read the trust file: {exc}") from exc
+    if keys.get(COORDINATOR, ("", None))[0] != "coordinator":
+        raise KeyBundleError(f"{path}: the trust file names no coordinator")
+    return Trust(keys=keys)
+
+
+def _speaker(message: Message) -> tuple[str, Role]:
+    """Who must have signed a message: the hospital it names, or the coordinator."""
+    hospital = getattr(message, "hospital", None)
+    if isinstance(hospital, str):
+        return hospital, "hospital"
+    return COORDINATOR, "coordinator"
+
+
+class MessageCodec:
+    """Signs what this participant sends; verifies and binds what it receives."""
+
+    def __init__(self, identity: Identity, trust: Trust) -> None:
+        if identity.name not in trust.keys:
+            raise KeyBundleError(f"{identity.name} is not in the trust file")
+        expected = trust.keys[identity.name][1].public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        mine = identity.key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        if expected != mine:
+            raise KeyBundleError(f"the signing key of {identity.name} does not match trust.json")
+        self.identity = identity
+        self.trust = trust
+
+    def encode(self, message: Message) -> bytes:
+        return self.wrap(encode(message))
+
+    def wrap(self, body: bytes) -> bytes:
+        """Sign raw body bytes (``encode`` does this for a message)."""
+        signature = self.identity.key.sign(_CONTEXT + body)
+        envelope = {
+            "signer": self.identity.name,
+            "body": body.decode(),
+            "sig": base64.b64encode(signature).decode(),
+        }
+        return json.dumps(envelope, separators=(",", ":")).encode()
+
+    def decode(self, data: bytes) -> Message:
+        """Verify the envelope, then parse and bind the message; ProtocolError on any failure."""
+        if len(data) > 2 * MAX_MESSAGE_BYTES:
+            raise ProtocolError(f"envelope of {len(data)} bytes is too large")
+        try:
+            envelope = json.loads(data)
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise ProtocolError(f"envelope is not JSON: {exc}") from exc
+        if not isinstance(envelope, dict) or set(envelope) != {"signer", "body", "sig"}:
+            raise SignatureError("unsigned message: expected an envelope {signer, body, sig}")
+        signer, body, sig = envelope["signer"], envelope["body"], envelope["sig"]
+        if not all(isinstance(v, str) for v in (signer, body, sig)):
+            raise SignatureError("envelope fields must be strings")
+        entry = self.trust.keys.get(signer)
+        if entry is None:
+            raise SignatureError(f"signer {signer!r:.60} is not in the trust file")
+        try:
+            entry[1].verify(base64.b64decode(sig, validate=True), _CONTEXT + body.encode())
+        except (InvalidSignature, binascii.Error, ValueError) as exc:
+            raise SignatureError(f"signature of {signer} does not verify (forged?)") from exc
+        message = decode(body.encode())
+        speaker, role = _speaker(message)
+        if signer != speaker or entry[0] != role:
+            raise SignatureError(
+                f"{type(message).__name__} for {speaker} was signed by {signer} ({entry[0]})"
+            )
+        return message

@@ -1,0 +1,288 @@
+"""Every flag of the ``hefl`` command, with its environment variable, in one table.
+
+A flag has one meaning in every subcommand that takes it, and one environment variable
+(``HEFL_<NAME>``), so containers are configured by environment alone and ``docs/configuration.md``
+lists each setting once. A subcommand picks flags from this table by name (``hefl.cli.commands``);
+it may give a flag its own default, never its own meaning. ``hefl.cli.parser`` turns the table
+into argparse flags whose defaults come from the environment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from common.crypto.config import DEFAULT_MAX_HOSPITALS
+from common.data.partition import DEFAULT_ALPHA, DEFAULT_TEST_FRACTION
+from common.data.sources import DEFAULT_DATASET
+from common.model import ModelConfig
+from common.store.url import STORE_ENV
+from common.transport.settings import BROKER_URL_ENV, DEFAULT_BROKER_URL, DEFAULT_PREFIX
+from hefl.cli.types import fraction, names, positive_float, positive_int, units
+
+#: Simulated hospitals, shards and issued identities when ``--hospitals`` is not given.
+DEFAULT_HOSPITALS: Final = 4
+DEFAULT_ROUNDS: Final = 10
+DEFAULT_SEED: Final = 42
+DEFAULT_RUN: Final = "run-1"
+DEFAULT_SCHEMA: Final = "diabetes130"
+LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
+KEY_ROLES: Final = ("coordinator", "hospital", "hospitals")  # hefl.keylayout.ROLES
+IDENTITY_MODES: Final = ("claim", "ordinal")  # hefl.identity.MODES
+DEFAULT_CLAIM_TTL: Final = 90.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Flag:
+    """One command-line flag: its meaning (help), type, default and environment variable."""
+
+    name: str  # the attribute name; the flag is --name-with-dashes
+    help: str
+    type: Callable[[str], Any] = str
+    default: Any = None
+    choices: tuple[str, ...] | None = None
+    switch: bool = False  # a boolean flag without a value (its variable: 1/true/yes)
+    env: str | None = None  # HEFL_<NAME> unless named here
+
+    @property
+    def option(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def variable(self) -> str:
+        return self.env or "HEFL_" + self.name.upper()
+
+
+_MODEL = ModelConfig()
+
+FLAGS: Final[Mapping[str, Flag]] = {
+    flag.name: flag
+    for flag in (
+        Flag(
+            name="log_level",
+            help="log level of the hefl loggers; DEBUG also shows TensorFlow's start-up lines",
+            default="WARNING",
+            choices=LOG_LEVELS,
+            type=str.upper,
+        ),
+        # -- data -------------------------------------------------------------------------------
+        Flag(
+            name="dataset",
+            help="a whole CSV (.csv or .csv.gz) that simulate and partition split into hospitals",
+            type=Path,
+            default=DEFAULT_DATASET,
+        ),
+        Flag(name="csv", help="this hospital's own CSV (.csv or .csv.gz)", type=Path),
+        Flag(
+            name="schema",
+            help="bundled schema (diabetes130, johns_hospital) or a schema YAML file",
+            default=DEFAULT_SCHEMA,
+        ),
+        Flag(
+            name="hospitals",
+            help="number of hospitals: simulated (simulate), shards (partition), identities "
+            "issued (keygen, keys-cluster, keys-k8s-secrets): the most hospital replicas a "
+            "cluster can run",
+            type=positive_int,
+            default=DEFAULT_HOSPITALS,
+        ),
+        Flag(
+            name="partition",
+            help="how one CSV is split into hospitals: Dirichlet label skew, IID, or by a column",
+            choices=("dirichlet", "iid", "column"),
+            default="dirichlet",
+        ),
+        Flag(
+            name="alpha",
+            help="Dirichlet concentration of --partition dirichlet; smaller is more skewed",
+            type=positive_float,
+            default=DEFAULT_ALPHA,
+        ),
+        Flag(name="column", help="the column whose values make the silos (--partition column)"),
+        Flag(
+            name="test_fraction",
+            help="share of each hospital's patients held out for evaluation",
+            type=fraction,
+            default=DEFAULT_TEST_FRACTION,
+        ),
+        Flag(
+            name="seed",
+            help="run seed: initial weights, splits and batch order derive from it",
+            type=int,
+            default=DEFAULT_SEED,
+        ),
+        # -- the run ----------------------------------------------------------------------------
+        Flag(name="run", help="run id; coordinator and hospitals must agree", default=DEFAULT_RUN),
+        Flag(name="rounds", help="federated rounds", type=positive_int, default=DEFAULT_ROUNDS),
+        Flag(
+            name="min_hospitals",
+            help="quorum to close a round at its deadline (default: every hospital)",
+            type=positive_int,
+        ),
+        Flag(
+            name="expect_hospitals",
+            help="round 1 waits for this many hospitals before closing early; later rounds wait "
+            "for the hospitals present (default: every hospital)",
+            type=positive_int,
+        ),
+        Flag(
+            name="participants",
+            help="comma-separated hospital names taking part (default: every hospital in "
+            "trust.json)",
+            type=names,
+        ),
+        Flag(
+            name="round_timeout",
+            help="seconds a round stays open",
+            type=positive_float,
+            default=600.0,
+        ),
+        Flag(
+            name="final_timeout",
+            help="seconds the coordinator waits for the hospitals' final reports",
+            type=positive_float,
+            default=120.0,
+        ),
+        # -- encryption and keys ----------------------------------------------------------------
+        Flag(name="scheme", help="homomorphic scheme", choices=("ckks", "bfv"), default="ckks"),
+        Flag(
+            name="max_hospitals",
+            help="most hospital updates one encrypted sum may hold (sets the value bound)",
+            type=positive_int,
+            default=DEFAULT_MAX_HOSPITALS,
+        ),
+        Flag(
+            name="keys",
+            help="key folder: keygen writes a whole ceremony there, coordinator and hospital "
+            "read their keys from it, keys-install, keys-unpack and keys-cluster write a role's "
+            "share into it",
+            type=Path,
+            default=Path("keys"),
+        ),
+        Flag(
+            name="ceremony",
+            help="a whole key ceremony folder (written by keygen --keys) to take a role's share "
+            "from (keys-install)",
+            type=Path,
+        ),
+        Flag(
+            name="coordinator_keys",
+            help="the coordinator's key folder, which keys-cluster writes the coordinator's "
+            "share into (no secret key)",
+            type=Path,
+        ),
+        Flag(
+            name="role",
+            help="whose key share: the coordinator, one hospital (--hospital or --identity), or "
+            "every hospital (one folder shared by co-located hospital containers)",
+            choices=KEY_ROLES,
+        ),
+        Flag(
+            name="secret_dir",
+            help="folder where a key Secret of flat keys (keys-k8s-secrets) is mounted",
+            type=Path,
+        ),
+        Flag(
+            name="format",
+            help="how keys-k8s-secrets prints the Secret manifests (both for kubectl apply -f -)",
+            choices=("yaml", "json"),
+            default="yaml",
+        ),
+        Flag(
+            name="overwrite",
+            help="replace what the command would otherwise keep or refuse to replace: key "
+            "material, a partition",
+            switch=True,
+        ),
+        # -- where things go --------------------------------------------------------------------
+        Flag(
+            name="store",
+            help="store URL: a folder, file:///path or gdrive://FOLDER_ID "
+            "(simulate: default a folder under --out)",
+            env=STORE_ENV,
+        ),
+        Flag(
+            name="broker",
+            help="RabbitMQ URL, amqp:// or amqps://",
+            default=DEFAULT_BROKER_URL,
+            env=BROKER_URL_ENV,
+        ),
+        Flag(name="prefix", help="RabbitMQ exchange and queue name prefix", default=DEFAULT_PREFIX),
+        Flag(name="hospital", help="this hospital's identity, e.g. hospital-3"),
+        Flag(
+            name="identity",
+            help="how a hospital container finds its identity without --hospital: claim the "
+            "first free one in --claims, or from its StatefulSet pod ordinal (name-K is "
+            "hospital-(K+1))",
+            choices=IDENTITY_MODES,
+        ),
+        Flag(
+            name="claims",
+            help="folder shared by a service's hospital replicas to claim identities in "
+            "(--identity claim)",
+            type=Path,
+        ),
+        Flag(
+            name="claim_ttl",
+            help="seconds without a heartbeat after which another replica takes a claim over",
+            type=positive_float,
+            default=DEFAULT_CLAIM_TTL,
+        ),
+        Flag(
+            name="shards",
+            help="folder of per-hospital CSVs named <hospital>.csv (partition --out); a hospital "
+            "without --csv reads its own from there",
+            type=Path,
+        ),
+        Flag(name="out", help="output folder of the command", type=Path),
+        # -- simulate only ----------------------------------------------------------------------
+        Flag(
+            name="engine",
+            help="hefl: encrypted FedAvg and its baselines; tff: TensorFlow Federated's "
+            "plaintext FedAvg as a reference, run in .venv-tff (make tff-env)",
+            choices=("hefl", "tff"),
+            default="hefl",
+        ),
+        Flag(
+            name="no_baselines",
+            help="only the encrypted run (skip plaintext, local-only and centralized)",
+            switch=True,
+        ),
+        # -- the model (every participant of a run must agree) ----------------------------------
+        Flag(
+            name="hidden",
+            help="hidden layer widths, e.g. 128,64; empty for logistic regression",
+            type=units,
+            default=_MODEL.hidden_units,
+        ),
+        Flag(
+            name="optimizer",
+            help="local optimizer",
+            choices=("sgd", "adam"),
+            default=_MODEL.optimizer,
+        ),
+        Flag(
+            name="learning_rate",
+            help="local learning rate",
+            type=positive_float,
+            default=_MODEL.learning_rate,
+        ),
+        Flag(
+            name="batch_size",
+            help="local batch size",
+            type=positive_int,
+            default=_MODEL.batch_size,
+        ),
+        Flag(
+            name="local_epochs",
+            help="local epochs per round",
+            type=positive_int,
+            default=_MODEL.local_epochs,
+        ),
+    )
+}
+
+#: The flags that shape the model; the digest every participant checks covers them.
+MODEL_FLAGS: Final = ("hidden", "optimizer", "learning_rate", "batch_size", "local_epochs")

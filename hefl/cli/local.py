@@ -1,0 +1,142 @@
+"""Handlers of the commands that run on one machine: ``simulate``, ``partition``, ``keygen``."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from common.errors import ConfigError
+from hefl.cli.options import KeygenOptions, PartitionOptions, SimulateOptions
+
+
+def _he_config(scheme: str, max_hospitals: int) -> Any:
+    from common.crypto import HEConfig
+
+    return HEConfig.from_dict({"scheme": scheme, "max_hospitals": max_hospitals})
+
+
+def simulate(options: SimulateOptions) -> int:
+    from hefl.simulation import SimulationConfig
+
+    options.check()
+    if options.min_hospitals is not None and options.min_hospitals > options.hospitals:
+        raise ConfigError(
+            f"--min-hospitals {options.min_hospitals} > --hospitals {options.hospitals}"
+        )
+    if options.max_hospitals < options.hospitals:
+        raise ConfigError(
+            f"--max-hospitals {options.max_hospitals} < --hospitals {options.hospitals}: "
+            "the encrypted sum must have room for every hospital"
+        )
+    config = SimulationConfig(
+        dataset=options.dataset,
+        schema=options.schema,
+        hospitals=options.hospitals,
+        partition=options.partition,  # type: ignore[arg-type]  # argparse checked the choice
+        alpha=options.alpha,
+        column=options.column,
+        rounds=options.rounds,
+        seed=options.seed,
+        test_fraction=options.test_fraction,
+        min_hospitals=options.min_hospitals,
+        model=options.model(),
+        he=_he_config(options.scheme, options.max_hospitals),
+        out=options.out,
+        store=options.store,
+    )
+    emit = _printer()
+    if options.engine == "tff":
+        from hefl.tff import run_tff_engine
+
+        run_tff_engine(config, emit=emit)
+    else:
+        from hefl.compare import run_comparison
+
+        run_comparison(config, emit=emit, baselines=not options.no_baselines)
+    return 0
+
+
+def partition(options: PartitionOptions) -> int:
+    """Split once: the same split again keeps the files, another one needs --overwrite."""
+    from common.data import load_schema, write_partitions
+    from common.data.partition import MANIFEST_NAME
+
+    options.check()
+    schema = load_schema(options.schema)
+    manifest = options.out / MANIFEST_NAME
+    if manifest.is_file() and not options.overwrite:
+        _check_same_split(manifest, options, schema.name)
+        print(f"kept the partition in {options.out} ({MANIFEST_NAME} describes this split)")
+        return 0
+    options.out.mkdir(parents=True, exist_ok=True)
+    # Readers may already watch --out (hospital pods): each file appears whole, the manifest last.
+    staging = Path(tempfile.mkdtemp(prefix=".partition-", dir=options.out))
+    try:
+        paths = write_partitions(
+            options.dataset,
+            schema,
+            staging,
+            options.hospitals,
+            method=options.partition,  # type: ignore[arg-type]
+            alpha=options.alpha,
+            column=options.column,
+            seed=options.seed,
+        )
+        manifest.unlink(missing_ok=True)
+        for path in [*paths, staging / MANIFEST_NAME]:
+            os.replace(path, options.out / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    for path in paths:
+        print(options.out / path.name)
+    return 0
+
+
+def _check_same_split(manifest: Path, options: PartitionOptions, schema: str) -> None:
+    try:
+        found = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{manifest}: unreadable ({exc}); --overwrite replaces it") from exc
+    dirichlet, by_column = options.partition == "dirichlet", options.partition == "column"
+    wanted = {
+        "source": options.dataset.name,
+        "schema": schema,
+        "method": options.partition,
+        "seed": options.seed,
+        "n_hospitals": options.hospitals,
+        "alpha": options.alpha if dirichlet else None,
+        "column": options.column if by_column else None,
+    }
+    differs = [f"{k} {found.get(k)!r} (now {v!r})" for k, v in wanted.items() if found.get(k) != v]
+    if differs:
+        raise ConfigError(
+            f"{options.out} holds another split: {', '.join(differs)}; --overwrite replaces it"
+        )
+
+
+def keygen(options: KeygenOptions) -> int:
+    from common.protocol.runconfig import hospital_names
+    from hefl.keylayout import key_ceremony
+
+    layout = key_ceremony(
+        options.keys,
+        _he_config(options.scheme, options.max_hospitals),
+        list(hospital_names(options.hospitals)),
+        overwrite=options.overwrite,
+    )
+    print(f"hospitals' HE bundle (secret key; hospitals only): {layout.he_hospital}")
+    print(f"coordinator's HE bundle (public material only): {layout.he_coordinator}")
+    print(f"signing identities and trust.json: {layout.identities}")
+    return 0
+
+
+def _printer() -> Callable[[str], None]:
+    def emit(line: str) -> None:
+        print(line, flush=True)
+
+    return emit

@@ -1,0 +1,129 @@
+"""Typed options of the ``hefl`` subcommands: one frozen dataclass per subcommand.
+
+Every field is named after a flag of ``hefl.cli.flags.FLAGS`` (a test checks it), so a field's
+meaning, type and environment variable come from that one table; the parser fills these classes
+and the handlers receive them fully parsed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.errors import ConfigError
+from common.model import ModelConfig
+
+# -- option groups -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelOptions:
+    """The model and local training; every participant of a run must agree on them."""
+
+    hidden: tuple[int, ...]
+    optimizer: str
+    learning_rate: float
+    batch_size: int
+    local_epochs: int
+
+    def model(self) -> ModelConfig:
+        return ModelConfig(
+            hidden_units=self.hidden,
+            optimizer=self.optimizer,
+            learning_rate=self.learning_rate,
+            batch_size=self.batch_size,
+            local_epochs=self.local_epochs,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class SplitOptions:
+    """One whole CSV split into simulated hospitals."""
+
+    dataset: Path
+    schema: str
+    hospitals: int
+    partition: str
+    alpha: float
+    column: str | None
+    seed: int
+
+    def check(self) -> None:
+        if self.partition == "column" and not self.column:
+            raise ConfigError("--partition column needs --column NAME ($HEFL_COLUMN)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunOptions(ModelOptions):
+    """What coordinator and hospitals of one run share; their digest is checked every round."""
+
+    run: str
+    rounds: int
+    seed: int
+    schema: str
+    keys: Path
+    store: str
+    broker: str
+    prefix: str
+
+
+# -- the subcommands' options --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class SimulateOptions(SplitOptions, ModelOptions):
+    test_fraction: float
+    rounds: int
+    scheme: str
+    max_hospitals: int
+    min_hospitals: int | None
+    engine: str
+    no_baselines: bool
+    store: str | None
+    out: Path
+
+
+@dataclass(frozen=True, kw_only=True)
+class PartitionOptions(SplitOptions):
+    out: Path
+    overwrite: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class KeygenOptions:
+    keys: Path
+    hospitals: int
+    scheme: str
+    max_hospitals: int
+    overwrite: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class CoordinatorOptions(RunOptions):
+    participants: tuple[str, ...] | None
+    min_hospitals: int | None
+    expect_hospitals: int | None
+    round_timeout: float
+    final_timeout: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class HospitalOptions(RunOptions):
+    hospital: str
+    csv: Path
+    test_fraction: float
+    out: Path
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReplicaOptions(RunOptions):
+    """``hospital`` for a replica of a scaled service: it finds its identity and its CSV."""
+
+    hospital: str | None
+    identity: str | None
+    claims: Path | None
+    claim_ttl: float
+    csv: Path | None
+    shards: Path | None
+    test_fraction: float
+    out: Path

@@ -1,0 +1,77 @@
+"""Handlers of the distributed processes: ``coordinator``, ``hospital``, ``hospital-replica``."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from common.errors import ConfigError, DataError
+from common.logs import format_event
+from hefl.cli.options import CoordinatorOptions, HospitalOptions, ReplicaOptions, RunOptions
+
+
+def _run_settings(options: RunOptions, test_fraction: float | None = None) -> Any:
+    from hefl.deploy import Endpoints, RunSettings
+
+    extra = {} if test_fraction is None else {"test_fraction": test_fraction}
+    settings = RunSettings(
+        run=options.run,
+        rounds=options.rounds,
+        seed=options.seed,
+        schema=options.schema,
+        model=options.model(),
+        **extra,
+    )
+    endpoints = Endpoints(
+        keys=options.keys, store=options.store, broker=options.broker, prefix=options.prefix
+    )
+    return settings, endpoints
+
+
+def coordinator(options: CoordinatorOptions) -> int:
+    from hefl import deploy
+
+    settings, endpoints = _run_settings(options)
+    return deploy.run_coordinator(
+        settings,
+        endpoints,
+        participants=options.participants or None,
+        min_hospitals=options.min_hospitals,
+        expect_hospitals=options.expect_hospitals,
+        round_timeout=options.round_timeout,
+        final_timeout=options.final_timeout,
+    )
+
+
+def hospital(options: HospitalOptions) -> int:
+    from hefl import deploy
+
+    settings, endpoints = _run_settings(options, options.test_fraction)
+    return deploy.run_hospital(
+        settings, endpoints, name=options.hospital, csv=options.csv, out=options.out
+    )
+
+
+def hospital_replica(options: ReplicaOptions) -> int:
+    from hefl.identity import hospital_identity, this_host
+    from hefl.keylayout import KeyLayout
+
+    with hospital_identity(
+        hospital=options.hospital,
+        mode=options.identity,
+        claims=options.claims,
+        claim_ttl=options.claim_ttl,
+        issued=KeyLayout(options.keys).hospitals,
+        hostname=this_host(),
+    ) as name:
+        csv = options.csv or (options.shards / f"{name}.csv" if options.shards else None)
+        if csv is None:
+            raise ConfigError("name the CSV: --csv FILE, or --shards DIR holding <hospital>.csv")
+        if not csv.is_file():
+            raise DataError(f"no CSV for {name} (a shard of hefl partition?)", file=str(csv))
+        # `make status` and the container test read this line from the replica's log.
+        how = "named" if options.hospital else options.identity
+        line = format_event("event=identity_claimed", hospital=name, how=how, csv=csv)
+        print(line, file=sys.stderr, flush=True)
+        fields = {f: getattr(options, f) for f in HospitalOptions.__dataclass_fields__}
+        return hospital(HospitalOptions(**{**fields, "hospital": name, "csv": csv}))

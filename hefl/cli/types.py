@@ -1,0 +1,51 @@
+"""Value types of the ``hefl`` flags: each turns one command-line or environment text into a value.
+
+They raise ``argparse.ArgumentTypeError`` with what was expected, which argparse (for a flag) or
+``hefl.cli.parser`` (for an environment variable) turns into a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def fraction(text: str) -> float:
+    value = positive_float(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def units(text: str) -> tuple[int, ...]:
+    """``128,64`` -> (128, 64); an empty text is no hidden layer (logistic regression)."""
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from exc
+
+
+def names(text: str) -> tuple[str, ...]:
+    """``hospital-1,hospital-3`` -> ("hospital-1", "hospital-3")."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())

@@ -1,0 +1,8 @@
+"""Harness shared by the tests and the benchmarks; never imported by the runtime packages.
+
+- ``testkit.broker``: a live local RabbitMQ (started when installed and stopped), throw-away
+  virtual hosts, and ``rabbitmqctl`` views of queues and connections.
+- ``testkit.cluster``: real ``hefl coordinator`` / ``hefl hospital`` processes on that broker.
+- ``testkit.drive``: a wire-level fake of Google Drive v3 and its OAuth endpoints, served on
+  localhost for the real ``googleapiclient``.
+"""

@@ -1,0 +1,213 @@
+"""Test harness for the distributed deployment: real `hefl` processes on a real RabbitMQ broker.
+
+A ``ProcessCluster`` prepares hospital CSVs (``hefl partition``), key material (``hefl keygen``)
+and a store folder, then starts and kills ``hefl coordinator`` / ``hefl hospital`` processes.
+Progress is read from the coordinator's persisted state in the store, as an operator would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from common.data.sources import DEFAULT_DATASET
+from common.protocol import layout
+
+BIN = Path(sys.executable).parent / "hefl"
+DATA = DEFAULT_DATASET
+#: A tiny model, so that the processes' rounds take seconds.
+MODEL_FLAGS: tuple[str, ...] = ("--hidden", "8", "--batch-size", "64", "--local-epochs", "1")
+
+
+def sample_csv(path: Path, patients: int, seed: int = 5) -> Path:
+    """A seeded sample of whole patients of Diabetes-130."""
+    frame = pd.read_csv(DATA, dtype=str, keep_default_na=False)
+    chosen = frame["patient_nbr"].drop_duplicates().sample(n=patients, random_state=seed)
+    frame[frame["patient_nbr"].isin(chosen)].to_csv(path, index=False)
+    return path
+
+
+@dataclass
+class ProcessCluster:
+    root: Path
+    broker_url: str
+    hospitals: int
+    rounds: int
+    scheme: str = "bfv"
+    run: str = "run-1"
+    prefix: str = field(default_factory=lambda: f"hefl-test-{uuid.uuid4().hex[:8]}")
+    model_flags: tuple[str, ...] = MODEL_FLAGS
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def keys(self) -> Path:
+        return self.root / "keys"
+
+    @property
+    def store(self) -> Path:
+        return self.root / "store"
+
+    @property
+    def names(self) -> list[str]:
+        return [f"hospital-{i}" for i in range(1, self.hospitals + 1)]
+
+    def prepare(self, source_csv: Path, *, seed: int = 42) -> None:
+        self.hefl(
+            "partition",
+            "--dataset",
+            str(source_csv),
+            "--out",
+            str(self.root / "shards"),
+            "--hospitals",
+            str(self.hospitals),
+            "--seed",
+            str(seed),
+        )
+        self.hefl(
+            "keygen",
+            "--keys",
+            str(self.keys),
+            "--hospitals",
+            str(self.hospitals),
+            "--scheme",
+            self.scheme,
+        )
+
+    def hefl(self, *args: str) -> str:
+        result = subprocess.run([str(BIN), *args], capture_output=True, text=True, timeout=300)
+        if result.returncode != 0:
+            raise AssertionError(f"hefl {' '.join(args)} failed:\n{result.stderr[-3000:]}")
+        return result.stdout
+
+    def _common(self) -> list[str]:
+        return [
+            "--run",
+            self.run,
+            "--keys",
+            str(self.keys),
+            "--store",
+            str(self.store),
+            "--broker",
+            self.broker_url,
+            "--prefix",
+            self.prefix,
+            "--rounds",
+            str(self.rounds),
+            *self.model_flags,
+        ]
+
+    def _spawn(self, label: str, args: list[str]) -> subprocess.Popen[bytes]:
+        log = (self.root / "logs").joinpath(f"{label}.log")
+        log.parent.mkdir(exist_ok=True)
+        env = dict(os.environ, HEFL_LOG_LEVEL="INFO", PYTHONUNBUFFERED="1")
+        with log.open("ab") as handle:
+            process = subprocess.Popen(
+                [str(BIN), *args],
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        self.processes[label] = process
+        return process
+
+    def start_coordinator(self, *extra: str) -> subprocess.Popen[bytes]:
+        return self._spawn("coordinator", ["coordinator", *self._common(), *extra])
+
+    def start_hospital(self, name: str) -> subprocess.Popen[bytes]:
+        shard = self.root / "shards" / f"{name}.csv"
+        return self._spawn(
+            name,
+            [
+                "hospital",
+                *self._common(),
+                "--hospital",
+                name,
+                "--csv",
+                str(shard),
+                "--out",
+                str(self.root / "models"),
+            ],
+        )
+
+    def kill(self, label: str, sig: int = signal.SIGKILL) -> None:
+        process = self.processes[label]
+        os.killpg(process.pid, sig)
+        process.wait(timeout=30)
+
+    def signal(self, label: str, sig: int) -> None:
+        """Send ``sig`` (e.g. SIGSTOP / SIGCONT to freeze and thaw) without waiting for an exit."""
+        os.killpg(self.processes[label].pid, sig)
+
+    def state(self) -> dict[str, Any] | None:
+        path = self.store / layout.state_key(self.run)
+        try:
+            return json.loads(path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def wait_for(
+        self, condition: Callable[[dict[str, Any]], bool], *, timeout: float, what: str
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            state = self.state()
+            if state is not None and condition(state):
+                return state
+            self._check_alive()
+            time.sleep(0.05)
+        raise AssertionError(
+            f"timed out after {timeout:.0f}s waiting for {what}; "
+            f"state={self.state()}\n{self.tail_logs()}"
+        )
+
+    def _check_alive(self) -> None:
+        coordinator = self.processes.get("coordinator")
+        if coordinator is not None and coordinator.poll() not in (None, 0):
+            raise AssertionError(
+                f"coordinator exited with {coordinator.returncode}\n{self.tail_logs()}"
+            )
+
+    def wait_exit(self, label: str, timeout: float) -> int:
+        try:
+            return self.processes[label].wait(timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            raise AssertionError(f"{label} did not exit in {timeout}s\n{self.tail_logs()}") from exc
+
+    def final_weights(self, name: str) -> np.ndarray:
+        """The final model a hospital saved, flattened like the embedded simulation's."""
+        import keras
+
+        model = keras.models.load_model(self.root / "models" / name / "final_model.keras")
+        return np.concatenate([w.reshape(-1) for w in model.get_weights()])
+
+    def log(self, label: str) -> str:
+        path = self.root / "logs" / f"{label}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def tail_logs(self, lines: int = 15) -> str:
+        parts = []
+        for label in self.processes:
+            text = self.log(label).splitlines()[-lines:]
+            parts.append(f"--- {label}\n" + "\n".join(text))
+        return "\n".join(parts)
+
+    def stop_all(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=30)

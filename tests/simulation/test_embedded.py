@@ -1,0 +1,170 @@
+"""The embedded main job end to end on a sample of Diabetes-130 (real Keras, real Pyfhel)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from common.data.sources import DEFAULT_DATASET
+from common.model import ModelConfig
+from hefl.cli import main
+from hefl.compare import run_comparison
+from hefl.simulation import SimulationConfig
+
+DATA = DEFAULT_DATASET
+
+
+@pytest.fixture(scope="module")
+def sample_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A seeded sample of whole patients (so patient grouping still means something)."""
+    frame = pd.read_csv(DATA, dtype=str, keep_default_na=False)
+    patients = frame["patient_nbr"].drop_duplicates().sample(n=5000, random_state=7)
+    path = tmp_path_factory.mktemp("data") / "sample.csv"
+    frame[frame["patient_nbr"].isin(patients)].to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def comparison(
+    sample_csv: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[dict, Path, list[str]]:
+    out = tmp_path_factory.mktemp("run") / "out"
+    lines: list[str] = []
+    config = SimulationConfig(
+        dataset=sample_csv,
+        hospitals=3,
+        rounds=2,
+        seed=3,
+        out=out,
+        model=ModelConfig(hidden_units=(16,)),
+    )
+    summary = run_comparison(config, emit=lines.append)
+    return summary, out, lines
+
+
+def test_encrypted_and_plaintext_fedavg_reach_the_same_model(comparison: tuple) -> None:
+    summary, _, _ = comparison
+    # CKKS noise (~1e-8) perturbs float32 training slightly; the models stay the same model.
+    assert summary["runs"]["max_abs_weight_difference"] <= 1e-3
+    results = {row["method"]: row for row in summary["results"]}
+    encrypted = results["encrypted FedAvg (CKKS)"]
+    assert abs(encrypted["auc"] - results["plaintext FedAvg"]["auc"]) <= 1e-3
+    assert encrypted["bytes_uploaded"] > 0
+    assert results["plaintext FedAvg"]["bytes_uploaded"] > 0
+
+
+def test_table_lists_every_method_and_a_progress_line_per_round(comparison: tuple) -> None:
+    summary, _, lines = comparison
+    methods = [row["method"] for row in summary["results"]]
+    assert methods == [
+        "encrypted FedAvg (CKKS)",
+        "plaintext FedAvg",
+        "hospital-1 alone",
+        "hospital-2 alone",
+        "hospital-3 alone",
+        "mean of hospitals alone",
+        "centralized (pooled data)",
+    ]
+    progress = [line for line in lines if line.strip().startswith("round ")]
+    assert len(progress) == 4  # two rounds, two federated runs
+    assert all("hospitals 3/3" in line for line in progress)
+    assert any(line.startswith("method") and "test AUC" in line for line in lines)
+
+
+def test_every_round_is_summarized_with_holdout_metrics(comparison: tuple) -> None:
+    summary, _, _ = comparison
+    run = summary["runs"]["encrypted"]
+    assert run["phase"] == "done"
+    assert [r["round"] for r in run["rounds"]] == [1, 2]
+    for record in run["rounds"]:
+        assert record["accepted"] == ["hospital-1", "hospital-2", "hospital-3"]
+        metrics = record["holdout_metrics_mean"]
+        assert 0.0 <= metrics["auc"] <= 1.0 and metrics["loss"] > 0
+        by_hospital = record["holdout_metrics_by_hospital"]
+        assert sorted(by_hospital) == ["hospital-1", "hospital-2", "hospital-3"]
+        mean_loss = sum(m["loss"] for m in by_hospital.values()) / 3
+        assert mean_loss == pytest.approx(metrics["loss"])
+    assert run["rejected"] == {}
+
+
+def test_each_hospital_keeps_a_loadable_final_model(comparison: tuple) -> None:
+    _, out, _ = comparison
+    for hospital in ("hospital-1", "hospital-2", "hospital-3"):
+        path = out / "encrypted" / "models" / hospital / "final_model.keras"
+        model = keras.models.load_model(path)
+        assert model.count_params() > 0
+        metrics = json.loads(path.with_name("final_model.metrics.json").read_text())
+        assert 0.0 <= metrics["auc"] <= 1.0
+    written = json.loads((out / "summary.json").read_text())
+    assert written["parameters"] == written["n_features"] * 16 + 16 + 16 + 1
+
+
+def test_cli_simulate_runs_bfv_without_baselines(sample_csv: Path, tmp_path: Path, capsys) -> None:
+    code = main(
+        [
+            "simulate",
+            "--dataset",
+            str(sample_csv),
+            "--hospitals",
+            "2",
+            "--rounds",
+            "1",
+            "--hidden",
+            "8",
+            "--scheme",
+            "bfv",
+            "--no-baselines",
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "encrypted FedAvg (BFV)" in printed
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert len(summary["results"]) == 1
+    assert np.isfinite(summary["results"][0]["auc"])
+
+
+def test_cli_reports_a_bad_csv_with_its_exit_code(tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("")
+    code = main(["simulate", "--dataset", str(bad), "--out", str(tmp_path / "o")])
+    assert code == 3
+    assert "bad.csv" in capsys.readouterr().err
+
+
+def test_simulate_refuses_to_replace_a_folder_it_did_not_write(tmp_path: Path, capsys) -> None:
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    code = main(["simulate", "--dataset", str(tmp_path / "x.csv"), "--out", str(precious)])
+    assert code == 2
+    assert "not written by hefl" in capsys.readouterr().err
+    assert (precious / "notes.txt").read_text() == "keep me"
+
+
+def test_simulate_flag_defaults_are_the_model_defaults() -> None:
+    from hefl.cli import build_parser
+
+    args = build_parser().parse_args(["simulate"])
+    model = ModelConfig()
+    flags = (args.hidden, args.optimizer, args.learning_rate, args.batch_size, args.local_epochs)
+    assert flags == (
+        model.hidden_units,
+        model.optimizer,
+        model.learning_rate,
+        model.batch_size,
+        model.local_epochs,
+    )
+    assert (args.hospitals, args.rounds, args.partition, args.scheme) == (
+        4,
+        10,
+        "dirichlet",
+        "ckks",
+    )
