@@ -1,7 +1,7 @@
 """Broker settings with no I/O: the URL from the environment and the reconnect policy.
 
-Kept apart from ``rabbitmq`` (the one module that imports pika) so configuration can be read
-and validated without loading the client library.
+Kept apart from the ``rabbitmq`` package (the only one that imports pika) so configuration can
+be read and validated without loading the client library.
 """
 
 from __future__ import annotations

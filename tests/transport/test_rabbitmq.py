@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 import common.transport
+import common.transport.rabbitmq
 from common.errors import ConfigError, TransportError
 from common.transport import ANNOUNCE, SUBMIT, Transport
 from common.transport.rabbitmq import (
@@ -370,6 +371,41 @@ def test_an_announcement_nobody_can_receive_yet_is_a_warning_not_an_error(
     assert "amqp_announce_unroutable" in caplog.text
 
 
+def test_a_submit_whose_queue_was_deleted_is_retried_after_declaring_the_queue_again(
+    make: Make, vhost: broker.Vhost, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    hospital = make("hospital-1")
+    hospital.publish(SUBMIT, b"before")  # connected, with the submit queue declared
+    broker.ctl("delete_queue", "-p", vhost.name, f"{prefix}.submit")
+    assert f"{prefix}.submit" not in broker.queues(vhost)
+
+    with caplog.at_level(logging.WARNING, logger="common.transport.rabbitmq"):
+        hospital.publish(SUBMIT, b"after")
+
+    assert "amqp_publish_retry" in caplog.text and "reason=unroutable" in caplog.text
+    assert broker.queues(vhost)[f"{prefix}.submit"]["messages_ready"] == 1
+    assert hospital.reconnects == 0
+
+
+def test_a_message_the_broker_keeps_nacking_fails_after_the_publish_attempts(
+    make: Make, vhost: broker.Vhost, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    full = '{"max-length": 0, "overflow": "reject-publish"}'  # every publish is nacked
+    broker.ctl("set_policy", "-p", vhost.name, "full", f"^{prefix}\\.submit$", full)
+    hospital = make("hospital-1", publish_attempts=3)
+
+    with (
+        caplog.at_level(logging.WARNING, logger="common.transport.rabbitmq"),
+        pytest.raises(TransportError, match=r"after 3 attempts \(last: nacked\)") as raised,
+    ):
+        hospital.publish(SUBMIT, b"refused")
+
+    assert f"RabbitMQ at {hospital.endpoint} did not take a submit message" in str(raised.value)
+    retries = [line for line in caplog.text.splitlines() if "amqp_publish_retry" in line]
+    assert len(retries) == 2 and "attempt=1" in retries[0] and "attempt=2" in retries[1]
+    hospital.publish(ANNOUNCE, b"the transport still works")  # only that message failed
+
+
 # -- failures and configuration ------------------------------------------------------------------
 
 
@@ -465,6 +501,8 @@ def test_unknown_topics_and_a_closed_transport_are_rejected(make: Make) -> None:
 def test_the_package_exports_the_rabbitmq_names_but_in_memory_users_never_load_pika() -> None:
     for name in common.transport.__all__:
         assert hasattr(common.transport, name)
+    for name in common.transport.rabbitmq.__all__:
+        assert hasattr(common.transport.rabbitmq, name)
     assert common.transport.RabbitMQTransport is RabbitMQTransport
     probe = "import sys, common.transport; assert 'pika' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", probe], check=False).returncode == 0

@@ -1,0 +1,225 @@
+"""The I/O thread: the one owner of a transport's connection, from first connect to close.
+
+A pika connection is not thread safe, so one background thread owns it and pumps it all the time:
+heartbeats flow whatever the handlers do, while serving or not (pika's
+``basic_consumer_threaded`` example, with ``add_callback_threadsafe`` as the only call other
+threads make). They queue commands here and wake the thread, which runs them between pumps.
+
+A lost connection is reopened with capped exponential backoff plus jitter (``Backoff``), the
+topology declared again and consuming resumed (pika's ``asynchronous_reconnecting_consumer``).
+A broker away for ``give_up_after`` seconds, or one that keeps refusing the credentials, ends the
+thread with a TransportError naming the URL without password; it fails every waiting command and
+reaches ``serve`` through its sink. The next command starts a new thread and a new attempt window.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Final
+
+from common.errors import TransportError
+from common.transport.rabbitmq.commands import Ack, Command, fail
+from common.transport.rabbitmq.events import LOG
+from common.transport.rabbitmq.session import DISCONNECTS, REFUSED, Session, Wiring
+from common.transport.settings import Backoff
+
+PUMP_SECONDS: Final = 0.1  # longest the I/O thread stays in pika before reading its commands
+_REFUSALS_BEFORE_GIVING_UP: Final = 5
+
+
+class IOThread:
+    """Runs commands on the connection it owns, starting on the first one and reconnecting."""
+
+    def __init__(
+        self,
+        *,
+        params: Any,
+        wiring: Wiring,
+        backoff: Backoff,
+        sleep: Callable[[float], object] | None,
+        clock: Callable[[], float],
+    ) -> None:
+        self._params = params
+        self._wiring = wiring
+        self._backoff = backoff
+        self._clock = clock
+        self._closing = threading.Event()
+        self._sleep = sleep if sleep is not None else self._closing.wait
+        self._lock = threading.Lock()  # guards the fields below, shared with the other threads
+        self._commands: deque[Command] = deque()
+        self._thread: threading.Thread | None = None
+        self._connection: Any = None  # the live connection, for add_callback_threadsafe only
+        self._connected_before = False
+        self.reconnects = 0
+
+    @property
+    def closing(self) -> bool:
+        return self._closing.is_set()
+
+    def submit(self, command: Command, *, start: bool = True) -> None:
+        """Queue ``command`` and wake the thread, starting it if ``start`` and none runs."""
+        with self._lock:
+            if self._closing.is_set():
+                if start:
+                    raise TransportError(f"transport to {self._wiring.endpoint} is closed")
+                return
+            if self._thread is None:
+                if not start:  # nothing to ack or stop on a connection that is gone
+                    return
+                self._thread = threading.Thread(
+                    target=self._run, name=f"amqp-io-{self._wiring.events.identity}", daemon=True
+                )
+                self._thread.start()
+            self._commands.append(command)
+            connection = self._connection
+        _wake(connection)
+
+    def close(self) -> None:
+        """Stop the thread after the commands already queued and close the connection."""
+        with self._lock:
+            self._closing.set()
+            thread, connection = self._thread, self._connection
+        _wake(connection)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=self._params.stack_timeout + 5)
+
+    def _run(self) -> None:
+        events, endpoint = self._wiring.events, self._wiring.endpoint
+        error: TransportError | None = None
+        down_since: float | None = None
+        try:
+            while not self._closing.is_set():
+                session = self._connect(down_since)
+                if session is None:
+                    break
+                try:
+                    self._pump(session)
+                except DISCONNECTS as exc:
+                    down_since = self._clock()
+                    events("amqp_connection_lost", level=logging.WARNING, error=_describe(exc))
+                finally:
+                    with self._lock:
+                        self._connection = None
+                    self._wiring.generation.advance()
+                    session.close()
+        except TransportError as exc:
+            error = exc
+            events("amqp_gave_up", level=logging.ERROR, error=str(exc))
+        except Exception as exc:  # a bug here must not leave publishers waiting forever
+            LOG.exception("amqp_io_crashed identity=%s", events.identity)
+            error = TransportError(f"RabbitMQ I/O thread failed: {exc!r}")
+        finally:
+            with self._lock:
+                self._thread = None
+                pending = list(self._commands)
+                self._commands.clear()
+            if error is not None:
+                sink = self._wiring.wanted().sink
+                if sink is not None:  # serve() raises it
+                    sink.put(error)
+            for command in pending:
+                fail(command, error or TransportError(f"transport to {endpoint} is closed"))
+            events("amqp_closed", level=logging.DEBUG)
+
+    def _connect(self, down_since: float | None) -> Session | None:
+        # A hand-written loop rather than tenacity: two ways to give up (refusals counted, and
+        # time since the connection went down), each with its own error, a last delay cut to
+        # the time left, and close() ending it; as tenacity callbacks that would read worse.
+        events, endpoint = self._wiring.events, self._wiring.endpoint
+        started = self._clock() if down_since is None else down_since
+        attempt = 0
+        refused = 0
+        while not self._closing.is_set():
+            attempt += 1
+            try:
+                session = self._open()
+            except REFUSED as exc:
+                # A broker that is shutting down or booting also drops clients mid-handshake,
+                # which pika reports as these; only a refusal that persists is final.
+                refused += 1
+                if refused >= _REFUSALS_BEFORE_GIVING_UP:
+                    raise TransportError(
+                        f"RabbitMQ at {endpoint} refused this client {refused} times: "
+                        f"{_describe(exc)} (check the user, password, vhost and permissions)"
+                    ) from exc
+                events("amqp_refused", level=logging.WARNING, attempt=attempt, error=_describe(exc))
+                self._sleep(self._backoff.delay(attempt, random.random()))
+                continue
+            except DISCONNECTS as exc:
+                elapsed = self._clock() - started
+                if elapsed >= self._backoff.give_up_after:
+                    raise TransportError(
+                        f"RabbitMQ at {endpoint} unreachable for {elapsed:.1f} s "
+                        f"({attempt} attempts): {_describe(exc)}"
+                    ) from exc
+                delay = self._backoff.delay(attempt, random.random())
+                delay = min(delay, self._backoff.give_up_after - elapsed)
+                events(
+                    "amqp_reconnecting",
+                    level=logging.WARNING,
+                    endpoint=endpoint,
+                    attempt=attempt,
+                    delay=delay,
+                    error=_describe(exc),
+                )
+                self._sleep(delay)
+                continue
+            if self._connected_before:
+                self.reconnects += 1
+            self._connected_before = True
+            events(
+                "amqp_connected",
+                endpoint=endpoint,
+                attempt=attempt,
+                heartbeat=self._params.heartbeat,
+            )
+            return session
+        return None
+
+    def _open(self) -> Session:
+        session = Session.open(self._params, self._wiring)
+        with self._lock:
+            self._connection = session.connection
+        return session
+
+    def _pump(self, session: Session) -> None:
+        while True:
+            while command := self._next_command():
+                try:
+                    session.execute(command)
+                except DISCONNECTS:
+                    if not isinstance(command, Ack):  # retried on the next connection
+                        with self._lock:
+                            self._commands.appendleft(command)
+                    raise
+                except TransportError as exc:
+                    fail(command, exc)
+                    raise
+            if self._closing.is_set():  # acks and publishes asked for before close() went out
+                return
+            session.pump(PUMP_SECONDS)
+
+    def _next_command(self) -> Command | None:
+        with self._lock:
+            return self._commands.popleft() if self._commands else None
+
+
+def _describe(exc: BaseException) -> str:
+    text, kind = str(exc), type(exc).__name__
+    return (text if text.startswith(kind) else f"{kind}: {text or repr(exc)}")[:300]
+
+
+def _noop() -> None:
+    pass
+
+
+def _wake(connection: Any) -> None:
+    """Make the I/O thread leave process_data_events now (the only thread-safe pika call)."""
+    if connection is not None:
+        with contextlib.suppress(Exception):
+            connection.add_callback_threadsafe(_noop)

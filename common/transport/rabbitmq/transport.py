@@ -1,0 +1,217 @@
+"""``RabbitMQTransport``: the Transport protocol over RabbitMQ, plus ``serve`` to consume.
+
+``publish`` and ``subscribe`` may be called from any thread; they hand a command to the I/O
+thread (``io_thread``) and wait for it, so ``publish`` returns once the broker confirmed the
+message and ``subscribe`` once this identity's queue exists. ``serve`` runs handlers, ``on_idle``
+and ``stop`` on the thread that called it, one at a time, so they need no locks, and a
+KeyboardInterrupt lands in the handler and leaves its message unacked.
+
+Acks: a handler that returns is acked. One that raises is logged with its traceback and acked too:
+the project's handlers log and count bad input, so an exception is a bug that would fail again on
+every redelivery (a poison-message loop). A handler that never returns (process killed, transport
+closed, connection lost) leaves its message unacked and the broker redelivers it: at least once.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, Final
+
+from common.errors import ConfigError, TransportError
+from common.transport.base import Handler
+from common.transport.rabbitmq.commands import (
+    Ack,
+    Delivery,
+    Generation,
+    Publish,
+    Sink,
+    Sync,
+    Wanted,
+)
+from common.transport.rabbitmq.events import Events
+from common.transport.rabbitmq.io_thread import IOThread
+from common.transport.rabbitmq.params import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_HEARTBEAT,
+    connection_parameters,
+)
+from common.transport.rabbitmq.publisher import Publisher
+from common.transport.rabbitmq.session import Wiring
+from common.transport.rabbitmq.topology import Topology, check_topic
+from common.transport.settings import DEFAULT_BACKOFF, DEFAULT_PREFIX, Backoff, broker_url
+
+DEFAULT_PUBLISH_ATTEMPTS: Final = 5
+_STOP_POLL_SECONDS: Final = 0.1  # longest serve() waits for a delivery before asking stop()
+
+
+class RabbitMQTransport:
+    """The Transport protocol over RabbitMQ; ``serve`` consumes until ``stop()`` is true."""
+
+    def __init__(
+        self,
+        *,
+        identity: str,
+        url: str | None = None,
+        prefix: str = DEFAULT_PREFIX,
+        heartbeat: int = DEFAULT_HEARTBEAT,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        backoff: Backoff = DEFAULT_BACKOFF,
+        publish_attempts: int = DEFAULT_PUBLISH_ATTEMPTS,
+        ca_file: str | None = None,
+        sleep: Callable[[float], object] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        topology = Topology(identity=identity, prefix=prefix)
+        if not isinstance(heartbeat, int) or heartbeat < 1:
+            raise ConfigError(f"heartbeat must be a whole number of seconds >= 1, got {heartbeat}")
+        if connect_timeout <= 0 or publish_attempts < 1:
+            raise ConfigError("connect_timeout and publish_attempts must be positive")
+        self.identity = identity
+        self.prefix = prefix
+        self.exchange = topology.exchange
+        self.announce_queue = topology.announce_queue
+        self.submit_queue = topology.submit_queue
+        params, self.endpoint = connection_parameters(
+            url or broker_url(),
+            heartbeat=heartbeat,
+            connect_timeout=connect_timeout,
+            ca_file=ca_file,
+            name=f"{prefix}:{identity}",
+        )
+        self._events = Events(identity)
+        self._generation = Generation()
+        self._lock = threading.Lock()  # guards the two fields below, read by the I/O thread
+        self._handlers: dict[str, list[Handler]] = {}
+        self._sink: Sink | None = None
+        publisher = Publisher(
+            topology,
+            attempts=publish_attempts,
+            backoff=backoff,
+            endpoint=self.endpoint,
+            events=self._events,
+        )
+        wiring = Wiring(
+            topology=topology,
+            endpoint=self.endpoint,
+            publisher=publisher,
+            wanted=self._wanted,
+            generation=self._generation,
+            events=self._events,
+        )
+        self._io = IOThread(params=params, wiring=wiring, backoff=backoff, sleep=sleep, clock=clock)
+        self.handler_errors = 0
+
+    @property
+    def reconnects(self) -> int:
+        """Connections reopened after the first one, over the transport's life."""
+        return self._io.reconnects
+
+    def __repr__(self) -> str:
+        return f"RabbitMQTransport(identity={self.identity!r}, endpoint={self.endpoint!r})"
+
+    def __enter__(self) -> RabbitMQTransport:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- the Transport protocol (any thread) -----------------------------------------------------
+
+    def publish(self, topic: str, body: bytes) -> None:
+        """Send one persistent message; return once the broker has confirmed it."""
+        check_topic(topic)
+        command = Publish(topic, bytes(body))
+        self._io.submit(command)
+        command.done.result()
+
+    def subscribe(self, topic: str, handler: Handler) -> None:
+        """Add a handler; on return this identity's queue exists and keeps messages for it."""
+        check_topic(topic)
+        with self._lock:
+            self._handlers.setdefault(topic, []).append(handler)
+        command = Sync()
+        self._io.submit(command)
+        command.done.result()
+
+    def serve(
+        self,
+        *,
+        stop: Callable[[], bool],
+        on_idle: Callable[[], None] | None = None,
+        idle_interval: float = 1.0,
+    ) -> None:
+        """Deliver messages to the handlers until ``stop()``; ``on_idle`` runs between them."""
+        if idle_interval <= 0:
+            raise ConfigError(f"idle_interval must be positive, got {idle_interval}")
+        sink: Sink = queue.Queue()
+        with self._lock:
+            if self._sink is not None:
+                raise TransportError("serve() is already running on this transport")
+            self._sink = sink
+        try:
+            command = Sync()
+            self._io.submit(command)
+            command.done.result()
+            next_idle = time.monotonic() + idle_interval
+            while not stop() and not self._io.closing:
+                wait = _STOP_POLL_SECONDS
+                if on_idle is not None:
+                    wait = min(wait, max(0.0, next_idle - time.monotonic()))
+                try:
+                    item: Delivery | TransportError | None = sink.get(timeout=wait)
+                except queue.Empty:
+                    item = None
+                if isinstance(item, TransportError):
+                    raise item
+                if item is not None:
+                    self._handle(item)
+                if on_idle is not None and time.monotonic() >= next_idle:
+                    on_idle()
+                    next_idle = time.monotonic() + idle_interval
+        finally:
+            with self._lock:
+                self._sink = None
+            self._io.submit(Sync(), start=False)  # stop consuming; unhandled deliveries go back
+
+    def close(self) -> None:
+        """Stop the I/O thread and close the connection; unacked messages return to their queue."""
+        self._io.close()
+
+    # -- the serving thread ----------------------------------------------------------------------
+
+    def _handle(self, delivery: Delivery) -> None:
+        fields: dict[str, Any] = {"topic": delivery.topic, "tag": delivery.tag}
+        if delivery.generation != self._generation.current:
+            self._events("amqp_delivery_stale", **fields, note="channel gone; broker redelivers")
+            return
+        self._events(
+            "amqp_delivery",
+            level=logging.DEBUG,
+            **fields,
+            bytes=len(delivery.body),
+            redelivered=delivery.redelivered,
+        )
+        with self._lock:
+            handlers = list(self._handlers.get(delivery.topic, ()))
+        for handler in handlers:
+            try:
+                handler(delivery.body)
+            except Exception as exc:
+                self.handler_errors += 1
+                self._events.error_with_traceback(
+                    "amqp_handler_failed", **fields, error=type(exc).__name__, action="acked"
+                )
+        self._io.submit(Ack(delivery.tag, delivery.generation), start=False)
+
+    # -- read by the I/O thread ------------------------------------------------------------------
+
+    def _wanted(self) -> Wanted:
+        with self._lock:
+            return Wanted(frozenset(self._handlers), self._sink)
