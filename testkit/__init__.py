@@ -5,4 +5,6 @@
 - ``testkit.cluster``: real ``hefl coordinator`` / ``hefl hospital`` processes on that broker.
 - ``testkit.drive``: a wire-level fake of Google Drive v3 and its OAuth endpoints, served on
   localhost for the real ``googleapiclient``.
+- ``testkit.images``: the container images built as CI builds them, and what is inside them.
+- ``testkit.imports``: the import contract, checked over every module's syntax tree.
 """
