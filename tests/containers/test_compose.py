@@ -34,14 +34,15 @@ import pytest
 
 from hefl.keylayout import Share
 from hefl.keyshare import key_files
+from testkit import images as testkit_images
 from testkit.cluster import sample_csv
+from testkit.images import Build
 
 pytestmark = pytest.mark.cluster  # in `make test` (CI) and `make test-cluster`; not in bare pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 ROUNDS = 12
 IDENTITIES = 4  # hospital identities the cluster's key ceremony issues (HEFL_HOSPITALS)
-STANDIN_PYTHON = "hefl-standin/python:3.11-slim"
 STANDIN_RABBITMQ = "hefl-standin/rabbitmq:3-management"
 TOOLS = ROOT / ".venv-tools" / "bin"
 
@@ -67,17 +68,14 @@ def engine() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def images(engine: Any) -> dict[str, float]:
-    timings: dict[str, float] = {}
-    start = time.monotonic()
-    sh("bash", "tools/container_wheelhouse.sh", timeout=900)
-    env = dict(os.environ, BASE_IMAGE=STANDIN_PYTHON, OFFLINE="1")
-    sh("bash", "tools/container_build.sh", "coordinator", "hospital", env=env, timeout=3600)
-    timings["build_seconds"] = time.monotonic() - start
-    for name in ("hefl-coordinator", "hefl-hospital"):
-        timings[f"{name}_mb"] = engine.images.get(f"{name}:latest").attrs["Size"] / 1e6
-    print(f"image build and sizes: {timings}")
-    return timings
+def images(engine: Any) -> Build:
+    """Both images as ``latest``, built as CI builds them (``testkit.images``)."""
+    try:
+        build = testkit_images.build("latest")
+    except testkit_images.ImageError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    print(f"images built in {build.seconds:.0f} s, sizes MB {build.sizes_mb}")
+    return build
 
 
 class Cluster:
@@ -211,7 +209,7 @@ COMPOSE_VERSION = {"docker-compose-1.29": "docker-compose version 1.29", "compos
 
 @pytest.fixture(params=list(COMPOSE_VERSION))
 def cluster(
-    engine: Any, images: dict[str, float], tmp_path: Path, request: pytest.FixtureRequest
+    engine: Any, images: Build, tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[Cluster]:
     (tmp_path / "data").mkdir()
     data = sample_csv(tmp_path / "data" / "sample.csv", patients=3000)
