@@ -131,6 +131,15 @@ class Cluster:
         labels = [f"com.docker.compose.project={self.project}"]
         if service:
             labels.append(f"com.docker.compose.service={service}")
+        # The SDK lists, then inspects each container: one that compose removes in between
+        # (a one-shot step, a replaced container) is NotFound. List again.
+        import docker
+
+        for _ in range(10):
+            try:
+                return self.client.containers.list(all=True, filters={"label": labels})
+            except docker.errors.NotFound:
+                time.sleep(0.2)
         return self.client.containers.list(all=True, filters={"label": labels})
 
     def volume_path(self, name: str) -> Path:
