@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any, Final
 
+from common.atomic import write_atomic
 from common.crypto import HEConfig, load_coordinator_bundle, load_hospital_bundle
 from common.errors import KeyBundleError
 from common.logs import log_event
@@ -243,17 +244,7 @@ def _private_dir(path: Path, *, best_effort: bool = False) -> None:
 def _write_private(path: Path, data: bytes) -> None:
     """Write ``data`` 0600 from the first byte under a temporary name, then rename into place."""
     _private_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, FILE_MODE)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, data, mode=FILE_MODE)
 
 
 def _remove_empty_dirs(folder: Path) -> None:

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from common.atomic import write_atomic
 from common.crypto import seal_layout
 from common.crypto.config import SECURITY_LEVEL, HEConfig
 from common.crypto.seal import generate_keys
@@ -182,20 +183,7 @@ def _write_bundle(directory: Path, files: dict[str, bytes], manifest: Manifest) 
 
 def _write_private(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` with mode 0600 from the first byte, then rename into place."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-    try:
-        os.fchmod(fd, FILE_MODE)
-        with os.fdopen(fd, "wb") as handle:
-            fd = -1
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-    finally:
-        if fd >= 0:
-            os.close(fd)
-    os.replace(tmp, path)
+    write_atomic(path, data, mode=FILE_MODE)
 
 
 def _read_bundle(directory: Path, role: str) -> tuple[Manifest, dict[str, bytes]]:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
+from common.atomic import write_atomic
 from common.errors import BlobNotFoundError, StoreError
 from common.store.base import check_key
 
@@ -30,16 +30,7 @@ class LocalStore:
         path = self._path(key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-            try:
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(data)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            write_atomic(path, data)
         except OSError as exc:
             raise StoreError(f"cannot write {key} under {self.root}: {exc}") from exc
 
@@ -61,7 +52,7 @@ class LocalStore:
         for path in self.root.rglob("*"):
             if path.is_file():
                 key = path.relative_to(self.root).as_posix()
-                # Temp files (".tmp-*") and strays such as ".DS_Store" are not keys.
+                # Temp files (".<name>.*.tmp") and strays such as ".DS_Store" are not keys.
                 if key.startswith(prefix) and _is_key(key):
                     keys.append(key)
         return sorted(keys)
