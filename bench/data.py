@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from common.data.sources import DEFAULT_DATASET
+from testkit.cluster import sample_csv
 
 
 def dataset(workdir: Path, patients: int, *, seed: int = 7, source: Path = DEFAULT_DATASET) -> Path:
@@ -16,10 +17,4 @@ def dataset(workdir: Path, patients: int, *, seed: int = 7, source: Path = DEFAU
         )
     if patients <= 0:
         return source
-    import pandas as pd
-
-    frame = pd.read_csv(source, dtype=str, keep_default_na=False)
-    chosen = frame["patient_nbr"].drop_duplicates().sample(n=patients, random_state=seed)
-    path = workdir / f"sample-{patients}.csv"
-    frame[frame["patient_nbr"].isin(chosen)].to_csv(path, index=False)
-    return path
+    return sample_csv(workdir / f"sample-{patients}.csv", patients, seed, source=source)

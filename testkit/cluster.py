@@ -32,9 +32,10 @@ DATA = DEFAULT_DATASET
 MODEL_FLAGS: tuple[str, ...] = ("--hidden", "8", "--batch-size", "64", "--local-epochs", "1")
 
 
-def sample_csv(path: Path, patients: int, seed: int = 5) -> Path:
-    """A seeded sample of whole patients of Diabetes-130."""
-    frame = pd.read_csv(DATA, dtype=str, keep_default_na=False)
+def sample_csv(path: Path, patients: int, seed: int = 5, *, source: Path = DATA) -> Path:
+    """A seeded sample of whole patients of ``source`` (Diabetes-130), so that patient-grouped
+    splits still mean something."""
+    frame = pd.read_csv(source, dtype=str, keep_default_na=False)
     chosen = frame["patient_nbr"].drop_duplicates().sample(n=patients, random_state=seed)
     frame[frame["patient_nbr"].isin(chosen)].to_csv(path, index=False)
     return path

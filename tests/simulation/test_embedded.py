@@ -7,7 +7,6 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import pandas as pd
 import pytest
 
 from common.data.sources import DEFAULT_DATASET
@@ -15,6 +14,7 @@ from common.model import ModelConfig
 from hefl.cli import main
 from hefl.compare import run_comparison
 from hefl.simulation import SimulationConfig
+from testkit.cluster import sample_csv as whole_patients
 
 DATA = DEFAULT_DATASET
 
@@ -22,11 +22,7 @@ DATA = DEFAULT_DATASET
 @pytest.fixture(scope="module")
 def sample_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A seeded sample of whole patients (so patient grouping still means something)."""
-    frame = pd.read_csv(DATA, dtype=str, keep_default_na=False)
-    patients = frame["patient_nbr"].drop_duplicates().sample(n=5000, random_state=7)
-    path = tmp_path_factory.mktemp("data") / "sample.csv"
-    frame[frame["patient_nbr"].isin(patients)].to_csv(path, index=False)
-    return path
+    return whole_patients(tmp_path_factory.mktemp("data") / "sample.csv", patients=5000, seed=7)
 
 
 @pytest.fixture(scope="module")

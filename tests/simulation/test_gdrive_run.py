@@ -12,7 +12,6 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import pandas as pd
 import pytest
 
 from common.crypto import plain_aggregator, plain_cipher
@@ -21,6 +20,7 @@ from common.model import ModelConfig
 from common.store import LocalStore
 from hefl.cli import main
 from hefl.simulation import SimulationConfig, load_cohort, run_federated
+from testkit.cluster import sample_csv as whole_patients
 from testkit.drive.helpers import drive_store, new_root, service_account_file, shared_fake
 
 DATA = DEFAULT_DATASET
@@ -29,11 +29,8 @@ HOSPITALS = ("hospital-1", "hospital-2", "hospital-3")
 
 @pytest.fixture(scope="module")
 def sample_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    frame = pd.read_csv(DATA, dtype=str, keep_default_na=False)
-    patients = frame["patient_nbr"].drop_duplicates().sample(n=3000, random_state=11)
-    path = tmp_path_factory.mktemp("data") / "sample.csv"
-    frame[frame["patient_nbr"].isin(patients)].to_csv(path, index=False)
-    return path
+    """A seeded sample of whole patients (so patient grouping still means something)."""
+    return whole_patients(tmp_path_factory.mktemp("data") / "sample.csv", patients=3000, seed=11)
 
 
 def test_plaintext_fedavg_on_drive_is_bitwise_the_local_result(
