@@ -6,7 +6,15 @@ self-describing (``BlobHeader``) and are checked against the key bundle on every
 """
 
 from common.crypto.aggregator import Aggregator, ChunkSum, RunningSum
-from common.crypto.blob import FORMAT_VERSION, BlobHeader, decode_blob, encode_blob, payload_digest
+from common.crypto.blob import (
+    FORMAT_VERSION,
+    UNBOUND,
+    Binding,
+    BlobHeader,
+    decode_blob,
+    encode_blob,
+    payload_digest,
+)
 from common.crypto.cipher import AGGREGATE, UPDATE, Cipher
 from common.crypto.config import BFV, CKKS, HEConfig
 from common.crypto.factory import open_aggregator, open_cipher, plain_aggregator, plain_cipher
@@ -31,9 +39,11 @@ __all__ = [
     "CKKS",
     "FORMAT_VERSION",
     "PLAIN",
+    "UNBOUND",
     "UPDATE",
     "Aggregator",
     "BfvCipher",
+    "Binding",
     "BlobHeader",
     "Ceremony",
     "ChunkSum",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Generic, Protocol, TypeVar
 
+from common.crypto.blob import UNBOUND, Binding
 from common.crypto.cipher import AGGREGATE
 from common.crypto.spec import BlobSpec
 from common.errors import BlobError, CryptoError, ValueRangeError
@@ -34,8 +35,8 @@ class RunningSum(Protocol):
         """Add one blob; on any error the sum is left unchanged."""
         ...
 
-    def to_blob(self, kind: str = AGGREGATE) -> bytes:
-        """Serialize the sum (``summands`` is recorded in the header)."""
+    def to_blob(self, kind: str = AGGREGATE, binding: Binding = UNBOUND) -> bytes:
+        """Serialize the sum (``summands`` is recorded in the header), bound to ``binding``."""
         ...
 
 
@@ -44,6 +45,11 @@ class Aggregator(Protocol):
 
     @property
     def scheme(self) -> str: ...
+
+    @property
+    def spec(self) -> BlobSpec:
+        """What this bundle's blobs look like (headers can be checked before adding)."""
+        ...
 
     def new_sum(self) -> RunningSum: ...
 
@@ -111,10 +117,14 @@ class ChunkSum(Generic[T]):
         self._count += 1
         self._summands += header.summands
 
-    def to_blob(self, kind: str = AGGREGATE) -> bytes:
+    def to_blob(self, kind: str = AGGREGATE, binding: Binding = UNBOUND) -> bytes:
         if not self._count:
             raise CryptoError("the running sum is empty: add at least one blob first")
         chunks = [self._arithmetic.dump_chunk(total) for total in self._totals]
         return self._spec.encode(
-            kind=kind, value_count=self._value_count, summands=self._summands, chunks=chunks
+            kind=kind,
+            value_count=self._value_count,
+            summands=self._summands,
+            chunks=chunks,
+            binding=binding,
         )

@@ -12,8 +12,13 @@ The header says what is encrypted and how (scheme, encoding, parameter digest, k
 a receiver never guesses; ``decode_blob`` rejects anything that does not match exactly. The header
 also carries the SHA-256 of the payload: a flipped bit in a ciphertext usually still yields valid
 coefficients, so without it corruption would surface only as wrong numbers after decryption. (It
-detects accidents, not forgeries: the signed message naming the blob does that.) This module is
-pure: it knows nothing of SEAL, only of bytes.
+detects accidents, not forgeries: the signed message naming the blob does that.)
+
+Since format 2 the header binds the blob to its run, round and sender (``Binding``). The signed
+message that names a blob carries its SHA-256, so the binding is covered by the sender's
+signature: a copy of another hospital's blob, or of an earlier round's, names another sender or
+round than the message that submits it, and the coordinator refuses it before reading the
+payload (``read_header``). This module is pure: it knows nothing of SEAL, only of bytes.
 """
 
 from __future__ import annotations
@@ -28,11 +33,26 @@ from typing import Any
 from common.errors import BlobError
 
 MAGIC = b"HEFLBLOB"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _PREAMBLE = struct.Struct("<8sHI")
+PREAMBLE_BYTES = _PREAMBLE.size
 #: Headers are small (a few hundred bytes plus one length per chunk); refuse absurd ones early.
 MAX_HEADER_BYTES = 1 << 20
 MAX_COEFF_BYTES = 8
+#: The sender of aggregates.
+COORDINATOR_SENDER = "coordinator"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Binding:
+    """Which run, round and sender a blob belongs to (``UNBOUND``: a blob outside any run)."""
+
+    run: str
+    round: int
+    sender: str
+
+
+UNBOUND = Binding(run="-", round=0, sender="-")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,10 +65,14 @@ class BlobHeader:
     ``value_count``: reals carried. ``chunk_count`` and ``chunk_bytes``: one entry per ciphertext
     (or plaintext block). ``coeff_bytes``: low-order bytes kept per coefficient (8 for plain
     float64). ``summands``: how many fresh inputs were added into this blob (1 for an upload).
-    ``payload_sha256``: SHA-256 of the chunks in order (see ``payload_digest``).
+    ``payload_sha256``: SHA-256 of the chunks in order (see ``payload_digest``). ``run``,
+    ``round`` and ``sender``: the blob's ``Binding``.
     """
 
     kind: str
+    run: str
+    round: int
+    sender: str
     scheme: str
     encoding: str
     param_digest: str
@@ -62,13 +86,23 @@ class BlobHeader:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "chunk_bytes", tuple(self.chunk_bytes))
-        for name in ("kind", "scheme", "encoding", "param_digest", "key_id", "payload_sha256"):
+        for name in (
+            "kind",
+            "run",
+            "sender",
+            "scheme",
+            "encoding",
+            "param_digest",
+            "key_id",
+            "payload_sha256",
+        ):
             value = getattr(self, name)
             if not isinstance(value, str) or not value:
                 raise BlobError(f"blob header field {name!r} must be a non-empty string")
         for name in ("value_count", "chunk_count", "summands"):
             _require_count(name, getattr(self, name), low=1)
         _require_count("coeff_bytes", self.coeff_bytes, low=1)
+        _require_count("round", self.round, low=0)
         if self.coeff_bytes > MAX_COEFF_BYTES:
             raise BlobError(f"blob header coeff_bytes {self.coeff_bytes} exceeds {MAX_COEFF_BYTES}")
         for length in self.chunk_bytes:
@@ -78,6 +112,10 @@ class BlobHeader:
                 f"blob header lists {len(self.chunk_bytes)} chunk lengths "
                 f"but chunk_count is {self.chunk_count}"
             )
+
+    @property
+    def binding(self) -> Binding:
+        return Binding(run=self.run, round=self.round, sender=self.sender)
 
     def to_json(self) -> bytes:
         data = asdict(self)
@@ -122,15 +160,19 @@ def encode_blob(header: BlobHeader, chunks: list[bytes]) -> bytes:
     return b"".join([_PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(raw)), raw, *chunks])
 
 
-def decode_blob(
+def read_header(
     data: bytes,
     *,
     expect_scheme: str,
     expect_param_digest: str,
     expect_key_id: str,
     expect_kind: str | None = None,
-) -> tuple[BlobHeader, list[bytes]]:
-    """Parse and check a blob; every mismatch raises BlobError saying what is wrong."""
+) -> tuple[BlobHeader, int]:
+    """Parse and check the preamble and header only; also return where the payload starts.
+
+    Cheap whatever the blob's size: a receiver can refuse a blob by its header (kind, counts,
+    binding) before it touches the payload.
+    """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise BlobError(f"blob must be bytes, got {type(data).__name__}")
     view = memoryview(data).cast("B")
@@ -140,7 +182,8 @@ def decode_blob(
     if magic != MAGIC:
         raise BlobError(f"bad magic {bytes(magic)!r}: not a ciphertext blob")
     if version != FORMAT_VERSION:
-        raise BlobError(f"blob format version {version}, this build reads {FORMAT_VERSION}")
+        older = " (written by an older hefl: start a new run)" if version < FORMAT_VERSION else ""
+        raise BlobError(f"blob format version {version}, this build reads {FORMAT_VERSION}{older}")
     if header_len > MAX_HEADER_BYTES:
         raise BlobError(f"blob header length {header_len} exceeds {MAX_HEADER_BYTES}")
     start = _PREAMBLE.size + header_len
@@ -152,6 +195,26 @@ def decode_blob(
     _check_expected("key id", header.key_id, expect_key_id)
     if expect_kind is not None:
         _check_expected("kind", header.kind, expect_kind)
+    return header, start
+
+
+def decode_blob(
+    data: bytes,
+    *,
+    expect_scheme: str,
+    expect_param_digest: str,
+    expect_key_id: str,
+    expect_kind: str | None = None,
+) -> tuple[BlobHeader, list[bytes]]:
+    """Parse and check a blob; every mismatch raises BlobError saying what is wrong."""
+    header, start = read_header(
+        data,
+        expect_scheme=expect_scheme,
+        expect_param_digest=expect_param_digest,
+        expect_key_id=expect_key_id,
+        expect_kind=expect_kind,
+    )
+    view = memoryview(data).cast("B")
     size = start + sum(header.chunk_bytes)
     if len(view) < size:
         raise BlobError(f"blob truncated: {len(view)} bytes, header promises {size}")

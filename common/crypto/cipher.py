@@ -11,6 +11,7 @@ from typing import Protocol
 
 import numpy as np
 
+from common.crypto.blob import UNBOUND, Binding
 from common.crypto.encoding import blocks, check_sum, checked_values
 from common.crypto.spec import BlobSpec
 
@@ -29,12 +30,19 @@ class Cipher(Protocol):
         """Largest |x| ``encrypt`` accepts."""
         ...
 
-    def encrypt(self, values: np.ndarray, *, kind: str = UPDATE) -> bytes:
-        """Encrypt a 1-D float64 array into one blob."""
+    def encrypt(
+        self, values: np.ndarray, *, kind: str = UPDATE, binding: Binding = UNBOUND
+    ) -> bytes:
+        """Encrypt a 1-D float64 array into one blob bound to ``binding`` (run, round, sender)."""
         ...
 
     def decrypt(self, blob: bytes) -> np.ndarray:
         """Decrypt a blob into exactly ``value_count`` float64 values."""
+        ...
+
+    @property
+    def spec(self) -> BlobSpec:
+        """What this bundle's blobs look like (headers can be checked without decrypting)."""
         ...
 
 
@@ -67,11 +75,15 @@ class BlockCipher:
             f"key_id={self._spec.key_id[:12]!r})"
         )
 
-    def encrypt(self, values: np.ndarray, *, kind: str = UPDATE) -> bytes:
+    def encrypt(
+        self, values: np.ndarray, *, kind: str = UPDATE, binding: Binding = UNBOUND
+    ) -> bytes:
         array = checked_values(values, self._value_bound)
         size = self._spec.values_per_chunk
         chunks = [self._encrypt_block(block) for block in blocks(array, size)]
-        return self._spec.encode(kind=kind, value_count=len(array), summands=1, chunks=chunks)
+        return self._spec.encode(
+            kind=kind, value_count=len(array), summands=1, chunks=chunks, binding=binding
+        )
 
     def decrypt(self, blob: bytes) -> np.ndarray:
         header, chunks = self._spec.decode(blob)

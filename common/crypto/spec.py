@@ -9,7 +9,16 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from common.crypto.blob import BlobHeader, decode_blob, encode_blob, payload_digest
+from common.crypto.blob import (
+    PREAMBLE_BYTES,
+    UNBOUND,
+    Binding,
+    BlobHeader,
+    decode_blob,
+    encode_blob,
+    payload_digest,
+    read_header,
+)
 from common.crypto.config import CKKS, HEConfig
 from common.errors import BlobError
 
@@ -41,12 +50,29 @@ class BlobSpec:
     def chunk_count(self, value_count: int) -> int:
         return -(-value_count // self.values_per_chunk)
 
-    def encode(self, *, kind: str, value_count: int, summands: int, chunks: list[bytes]) -> bytes:
+    def max_blob_bytes(self, value_count: int) -> int:
+        """The most bytes a blob of ``value_count`` values can take (header allowance included):
+        a store refuses anything larger before reading it."""
+        chunks = self.chunk_count(value_count)
+        return PREAMBLE_BYTES + 4096 + 16 * chunks + chunks * self.chunk_bytes
+
+    def encode(
+        self,
+        *,
+        kind: str,
+        value_count: int,
+        summands: int,
+        chunks: list[bytes],
+        binding: Binding = UNBOUND,
+    ) -> bytes:
         """Build a blob; the chunks must match this spec (a mismatch is a bug, still BlobError)."""
         if len(chunks) != self.chunk_count(value_count):
             raise BlobError(f"{len(chunks)} chunks cannot carry {value_count} values")
         header = BlobHeader(
             kind=kind,
+            run=binding.run,
+            round=binding.round,
+            sender=binding.sender,
             scheme=self.scheme,
             encoding=self.encoding,
             param_digest=self.param_digest,
@@ -61,6 +87,17 @@ class BlobSpec:
         self._check_geometry(header)
         return encode_blob(header, chunks)
 
+    def header(self, blob: bytes) -> BlobHeader:
+        """Parse and check only ``blob``'s header against this spec (its payload is not read)."""
+        header, _ = read_header(
+            blob,
+            expect_scheme=self.scheme,
+            expect_param_digest=self.param_digest,
+            expect_key_id=self.key_id,
+        )
+        self._check_header(header)
+        return header
+
     def decode(self, blob: bytes) -> tuple[BlobHeader, list[bytes]]:
         """Parse ``blob`` and check it against this spec."""
         header, chunks = decode_blob(
@@ -69,10 +106,13 @@ class BlobSpec:
             expect_param_digest=self.param_digest,
             expect_key_id=self.key_id,
         )
+        self._check_header(header)
+        return header, chunks
+
+    def _check_header(self, header: BlobHeader) -> None:
         if header.encoding != self.encoding:
             raise BlobError(f"blob encoding {header.encoding!r}, expected {self.encoding!r}")
         self._check_geometry(header)
-        return header, chunks
 
     def _check_geometry(self, header: BlobHeader) -> None:
         if header.coeff_bytes != self.coeff_bytes:

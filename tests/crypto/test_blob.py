@@ -12,10 +12,12 @@ import pytest
 from common.crypto.blob import (
     FORMAT_VERSION,
     MAGIC,
+    Binding,
     BlobHeader,
     decode_blob,
     encode_blob,
     payload_digest,
+    read_header,
 )
 from common.crypto.spec import BlobSpec
 from common.errors import BlobError
@@ -29,6 +31,9 @@ EXPECT = {"expect_scheme": "ckks", "expect_param_digest": DIGEST, "expect_key_id
 def make_header(chunks: list[bytes] = CHUNKS, **changes: Any) -> BlobHeader:
     header = BlobHeader(
         kind="update",
+        run="run-7",
+        round=3,
+        sender="hospital-2",
         scheme="ckks",
         encoding="test",
         param_digest=DIGEST,
@@ -68,6 +73,36 @@ def test_bad_magic_is_rejected() -> None:
     blob = b"NOTABLOB" + make_blob()[8:]
     with pytest.raises(BlobError, match="bad magic"):
         decode_blob(blob, **EXPECT)
+
+
+def test_a_blob_of_the_previous_format_is_refused_as_written_by_an_older_hefl() -> None:
+    blob = bytearray(make_blob())
+    struct.pack_into("<H", blob, 8, FORMAT_VERSION - 1)
+    with pytest.raises(BlobError, match="older hefl: start a new run"):
+        decode_blob(bytes(blob), **EXPECT)
+
+
+def test_the_header_binds_the_blob_to_run_round_and_sender() -> None:
+    header, start = read_header(make_blob(), **EXPECT)
+    assert header.binding == Binding(run="run-7", round=3, sender="hospital-2")
+    assert start == len(make_blob()) - sum(len(c) for c in CHUNKS)
+
+
+def test_the_header_is_read_without_touching_the_payload() -> None:
+    blob = make_blob()
+    header_only = blob[: len(blob) - sum(len(c) for c in CHUNKS)]
+    header, _ = read_header(header_only, **EXPECT)  # a cut payload does not matter here
+    assert header == make_header()
+    with pytest.raises(BlobError, match="truncated"):
+        decode_blob(header_only, **EXPECT)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("run", ""), ("sender", ""), ("round", -1), ("round", "3")]
+)
+def test_a_header_with_a_bad_binding_is_refused(field: str, value: object) -> None:
+    with pytest.raises(BlobError, match=field):
+        make_header(**{field: value})
 
 
 def test_other_format_version_is_rejected() -> None:
