@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from common.crypto import Aggregator, Cipher, RunningSum
+from common.crypto import UNBOUND, Aggregator, Binding, Cipher, RunningSum
 from common.crypto.cipher import AGGREGATE, UPDATE
+from common.crypto.spec import BlobSpec
 from common.metrics import Metrics
 from common.store import Store
 
@@ -72,9 +73,15 @@ class TimedCipher:
     def value_bound(self) -> float:
         return self._inner.value_bound
 
-    def encrypt(self, values: np.ndarray, *, kind: str = UPDATE) -> bytes:
+    @property
+    def spec(self) -> BlobSpec:
+        return self._inner.spec
+
+    def encrypt(
+        self, values: np.ndarray, *, kind: str = UPDATE, binding: Binding = UNBOUND
+    ) -> bytes:
         with self._clock.phase("encrypt"):
-            return self._inner.encrypt(values, kind=kind)
+            return self._inner.encrypt(values, kind=kind, binding=binding)
 
     def decrypt(self, blob: bytes) -> np.ndarray:
         with self._clock.phase("decrypt"):
@@ -97,9 +104,9 @@ class TimedSum:
         with self._clock.phase("aggregate"):
             self._inner.add(blob)
 
-    def to_blob(self, kind: str = AGGREGATE) -> bytes:
+    def to_blob(self, kind: str = AGGREGATE, binding: Binding = UNBOUND) -> bytes:
         with self._clock.phase("aggregate"):
-            return self._inner.to_blob(kind)
+            return self._inner.to_blob(kind, binding)
 
 
 class TimedAggregator:
@@ -110,15 +117,23 @@ class TimedAggregator:
     def scheme(self) -> str:
         return self._inner.scheme
 
+    @property
+    def spec(self) -> BlobSpec:
+        return self._inner.spec
+
     def new_sum(self) -> RunningSum:
         return TimedSum(self._inner.new_sum(), self._clock)
 
 
 def _kind(key: str) -> str:
-    name = key.rsplit("/", 1)[-1]
-    if name.startswith("update-"):
+    """A key's role by the run layout (``common.protocol.layout``): ``runs/<run>/updates/<h>/
+    round-NNNN.blob``, ``runs/<run>/aggregates/round-NNNN.blob``, anything else is state."""
+    parts = key.split("/")
+    if not parts[-1].startswith("round-"):
+        return "state"
+    if len(parts) >= 3 and parts[-3] == "updates":
         return "update"
-    if name == "aggregate.blob":
+    if len(parts) >= 2 and parts[-2] == "aggregates":
         return "aggregate"
     return "state"
 
@@ -138,12 +153,12 @@ class TimedStore:
         if kind == "aggregate":
             self._clock.close_round()
 
-    def get(self, key: str) -> bytes:
+    def get(self, key: str, *, max_bytes: int | None = None) -> bytes:
         phase = {"update": "aggregate", "aggregate": "download"}.get(
             _kind(key), "coordinator_state"
         )
         with self._clock.phase(phase):
-            return self._inner.get(key)
+            return self._inner.get(key, max_bytes=max_bytes)
 
     def exists(self, key: str) -> bool:
         return self._inner.exists(key)

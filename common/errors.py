@@ -90,6 +90,10 @@ class BlobNotFoundError(StoreError):
     """The shared store has no blob under the requested key."""
 
 
+class BlobTooLargeError(StoreError):
+    """A stored blob is larger than the reader's limit; refused before its bytes are read."""
+
+
 class TransportError(HeflError):
     """The message transport cannot deliver or receive."""
 

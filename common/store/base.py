@@ -2,8 +2,10 @@
 
 Keys are relative, slash-separated paths such as ``runs/r1/round-0001/update-h1.blob``.
 ``put`` is atomic and idempotent (a reader never sees a partial blob); ``get`` raises
-``BlobNotFoundError`` for an absent key. The store is untrusted: readers check every blob
-against the SHA-256 carried in the signed message that names it.
+``BlobNotFoundError`` for an absent key, and ``BlobTooLargeError`` before reading anything when
+the stored object is larger than ``max_bytes``. The store is untrusted: readers pass the largest
+size they expect, and check every blob against the SHA-256 carried in the signed message that
+names it.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import hashlib
 import re
 from typing import Final, Protocol
 
-from common.errors import StoreError
+from common.errors import BlobTooLargeError, StoreError
 
 _KEY_PART: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -22,7 +24,7 @@ class Store(Protocol):
 
     def put(self, key: str, data: bytes) -> None: ...
 
-    def get(self, key: str) -> bytes: ...
+    def get(self, key: str, *, max_bytes: int | None = None) -> bytes: ...
 
     def exists(self, key: str) -> bool: ...
 
@@ -46,9 +48,19 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def get_verified(store: Store, key: str, expected_sha256: str) -> bytes:
-    """Fetch a blob and check it against the digest from the message that named it."""
-    data = store.get(key)
+def too_large(key: str, size: int, max_bytes: int) -> BlobTooLargeError:
+    """The error every store raises for a blob over the reader's limit."""
+    return BlobTooLargeError(
+        f"blob {key} is {size} bytes, more than the limit of {max_bytes} bytes: refused unread"
+    )
+
+
+def get_verified(
+    store: Store, key: str, expected_sha256: str, *, max_bytes: int | None = None
+) -> bytes:
+    """Fetch a blob (refused unread when over ``max_bytes``) and check it against the digest
+    from the message that named it."""
+    data = store.get(key, max_bytes=max_bytes)
     actual = sha256_hex(data)
     if actual != expected_sha256:
         raise StoreError(

@@ -21,6 +21,12 @@ Drive allows several items with one name in one folder, so the rules are:
   a site that finds it created a younger twin deletes its twin and uses the oldest.
 - **delete** deletes for good, or moves to the trash when the account may trash but not delete
   (a Content manager on a shared drive).
+- **Size before content:** ``get(key, max_bytes=N)`` refuses a file whose ``size`` (or recorded
+  size) is over N, or that has no size, before any media request; the download stops past N too.
+- **Per-site folders:** a hospital sees only the folders shared with it (its updates folder, the
+  aggregates folder: ``common.store.gdrive_share``), not the root, so its store is opened with
+  ``folders``, a map of key prefixes to those folders' IDs; keys under a mapped prefix are found
+  from its folder, and the root is checked only when a key outside them is used.
 """
 
 from __future__ import annotations
@@ -30,14 +36,14 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Final
 
-from common.errors import BlobNotFoundError, StoreError
+from common.errors import BlobNotFoundError, BlobTooLargeError, StoreError
 from common.logs import log_event
-from common.store.base import check_key, sha256_hex
+from common.store.base import check_key, sha256_hex, too_large
 from common.store.gdrive_api import DriveApi
 from common.store.gdrive_auth import DriveCredentials, load_credentials
 from common.store.gdrive_errors import DriveCallError, Op, Where, explain
@@ -77,16 +83,28 @@ def _canonical_folder(items: Sequence[DriveFile]) -> DriveFile | None:
 class DriveStore:
     """The Store contract on a Drive folder; one lock serializes calls from several threads."""
 
-    def __init__(self, root_id: str, api: DriveApi, *, account: str = "the account") -> None:
+    def __init__(
+        self,
+        root_id: str,
+        api: DriveApi,
+        *,
+        account: str = "the account",
+        folders: Mapping[str, str] | None = None,
+    ) -> None:
         self.root_id = root_id
         self.account = account
         self._api = api
         self._lock = threading.RLock()
-        self._folders: dict[tuple[str, ...], str] = {}
+        self._mounts = {
+            tuple(check_key(path).split("/")): id_ for path, id_ in (folders or {}).items()
+        }
+        self._checked: set[str] = set()  # mounted folders found to be folders
+        self._folders: dict[tuple[str, ...], str] = dict(self._mounts)
         self._root_checked = False
 
     def __repr__(self) -> str:
-        return f"DriveStore(root_id={self.root_id!r}, account={self.account!r})"
+        mounts = f", folders={len(self._mounts)}" if self._mounts else ""
+        return f"DriveStore(root_id={self.root_id!r}, account={self.account!r}{mounts})"
 
     # -- the Store protocol --------------------------------------------------------------------
 
@@ -104,21 +122,26 @@ class DriveStore:
                 except DriveCallError as exc:
                     if exc.status != 404 or attempt or not parts[:-1]:
                         raise
-                    self._folders = {(): self.root_id}  # a cached folder was deleted: look again
+                    # A cached folder was deleted: look again.
+                    self._folders = {(): self.root_id, **self._mounts}
 
-    def get(self, key: str) -> bytes:
+    def get(self, key: str, *, max_bytes: int | None = None) -> bytes:
         parts = check_key(key).split("/")
         with self._session("get", key) as where:
             for _ in range(READ_ATTEMPTS):
                 item = self._find(parts, where)
                 if item is None:
                     raise BlobNotFoundError(f"no blob {key} in Drive folder {self.root_id}")
+                if max_bytes is not None:
+                    _check_size(key, item, max_bytes)
                 try:
-                    data = self._api.download(item.id)
+                    data = self._api.download(item.id, max_bytes=max_bytes)
                 except DriveCallError as exc:
                     if exc.status == 404:  # replaced by a newer put meanwhile: look again
                         continue
                     raise
+                except BlobTooLargeError as exc:
+                    raise BlobTooLargeError(f"blob {key}: {exc}") from exc
                 recorded = item.app_properties.get(SHA256_PROPERTY)
                 if recorded is not None and sha256_hex(data) != recorded:
                     raise StoreError(
@@ -154,15 +177,33 @@ class DriveStore:
             for item in _blobs(self._api.children(folder, name=parts[-1])):
                 self._remove(item, strict=True)
 
+    # -- per-site folders ----------------------------------------------------------------------
+
+    def share_folder(self, prefix: str, email: str, role: str) -> str:
+        """Make the folder of the keys under ``prefix`` (``a/b``) if absent, give ``email`` the
+        Drive ``role`` (``reader``, ``writer``) on it and all it holds, and return its ID."""
+        parts = check_key(prefix).split("/")
+        with self._session("share", prefix) as where:
+            folder = self._folder(parts, where, create=True)
+            if folder is None:  # pragma: no cover - create=True always yields a folder
+                raise StoreError(f"cannot create the folder {prefix}")
+            self._api.share(folder, email, role)
+            log_event(logger, "drive_folder_shared", folder=prefix, account=email, role=role)
+            return folder
+
     # -- folders -------------------------------------------------------------------------------
 
     @contextlib.contextmanager
     def _session(self, op: Op, key: str | None) -> Iterator[Where]:
         """Serialize, check the root once, and turn Drive errors into messages with context."""
-        where = Where(root_id=self.root_id, folder_id=self.root_id)
+        where = Where(
+            root_id=self.root_id,
+            folder_id=self.root_id,
+            site_folders=tuple(sorted("/".join(path) for path in self._mounts)),
+        )
         with self._lock:
             try:
-                if not self._root_checked:
+                if not self._root_checked and not self._mounts:
                     self._check_root()
                 yield where
             except DriveCallError as exc:
@@ -184,8 +225,10 @@ class DriveStore:
 
     def _folder(self, parts: Sequence[str], where: Where, *, create: bool) -> str | None:
         """The ID of the folder at ``parts`` under the root; made on the way if ``create``."""
-        parent = self.root_id
-        for depth in range(1, len(parts) + 1):
+        start = max(d for d in range(len(parts) + 1) if tuple(parts[:d]) in self._folders or not d)
+        parent = self._folders.get(tuple(parts[:start]), self.root_id)
+        self._check_start(tuple(parts[:start]), parent, where)
+        for depth in range(start + 1, len(parts) + 1):
             path = tuple(parts[:depth])
             cached = self._folders.get(path)
             if cached is None:
@@ -205,6 +248,23 @@ class DriveStore:
             parent = cached
         where.folder_id, where.folder_path = parent, "/".join(parts)
         return parent
+
+    def _check_start(self, path: tuple[str, ...], folder: str, where: Where) -> None:
+        """Check, once, the root or the mounted folder a walk starts from."""
+        if not path:
+            if not self._root_checked:
+                self._check_root()
+            return
+        if path not in self._mounts or folder in self._checked:
+            return
+        where.folder_id, where.folder_path = folder, "/".join(path)
+        info = self._api.folder_info(folder)
+        if not info.is_folder or info.trashed:
+            raise StoreError(
+                f"Google Drive item {folder} ({info.name!r}), given as the folder of "
+                f"{'/'.join(path)!r}, is {'in the trash' if info.trashed else info.mime_type}"
+            )
+        self._checked.add(folder)
 
     def _create_folder(self, parent: str, name: str) -> DriveFile:
         mine = self._api.create_folder(parent, name)
@@ -290,6 +350,19 @@ class DriveStore:
             )
 
 
+def _check_size(key: str, item: DriveFile, max_bytes: int) -> None:
+    """Refuse, before any download, a file larger than ``max_bytes`` or of unknown size."""
+    if item.size is None:
+        raise StoreError(
+            f"blob {key} (Drive file {item.id}) has no size in Drive: refused unread (limit "
+            f"{max_bytes} bytes)"
+        )
+    recorded = item.app_properties.get(SIZE_PROPERTY, "")
+    declared = max(item.size, int(recorded) if recorded.isdigit() else 0)
+    if declared > max_bytes:
+        raise too_large(f"{key} (Drive file {item.id})", declared, max_bytes)
+
+
 def _valid_key(key: str) -> bool:
     try:
         check_key(key)
@@ -305,10 +378,15 @@ def open_drive_store(
     options: DriveOptions | None = None,
     sleep: Callable[[float], None] = time.sleep,
     rand: Callable[[], float] = random.random,
+    folders: Mapping[str, str] | None = None,
 ) -> DriveStore:
-    """A Drive store on folder ``root_id``; nothing is fetched until the first operation."""
+    """A Drive store on folder ``root_id``; nothing is fetched until the first operation.
+
+    ``folders`` maps key prefixes to the IDs of folders shared with the account when the root
+    is not (a hospital's own updates folder and the aggregates folder).
+    """
     loaded = (
         credentials if isinstance(credentials, DriveCredentials) else load_credentials(credentials)
     )
     api = DriveApi(loaded.credentials, options=options, sleep=sleep, rand=rand)
-    return DriveStore(root_id, api, account=loaded.account)
+    return DriveStore(root_id, api, account=loaded.account, folders=folders)

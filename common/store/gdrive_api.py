@@ -5,8 +5,9 @@ on 429, 5xx, Drive's 403 rate-limit reasons and dropped connections; anything el
 transient error, becomes a ``DriveCallError``. Uploads up to ``multipart_limit`` bytes go in one
 multipart request; larger ones use a resumable session, and a chunk that fails is resumed from
 the offset the server reports. Downloads stream in ``download_chunk`` ranges, resumed the same
-way. The client is built from the discovery document bundled with googleapiclient (no discovery
-fetch at run time); ``endpoint`` replaces its root URL, for a private endpoint or a test server.
+way, and stop as soon as they pass the caller's ``max_bytes``. The client is built from the
+discovery document bundled with googleapiclient (no discovery fetch at run time); ``endpoint``
+replaces its root URL, for a private endpoint or a test server.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from googleapiclient import discovery, discovery_cache
 from googleapiclient import errors as api_errors
 from googleapiclient import http as api_http
 
-from common.errors import ConfigError
+from common.errors import BlobTooLargeError, ConfigError
 from common.logs import log_event
 from common.store.gdrive_errors import RATE_LIMIT_REASONS, DriveCallError
 from common.store.gdrive_types import (
@@ -75,6 +76,23 @@ class _BytesUpload(api_http.MediaUpload):
 
     def has_stream(self) -> bool:
         return False
+
+
+class _BoundedBuffer(io.BytesIO):
+    """Downloaded bytes, refused as soon as they pass ``limit`` (a file larger than it said)."""
+
+    def __init__(self, file_id: str, limit: int | None) -> None:
+        super().__init__()
+        self._file_id = file_id
+        self._limit = limit
+
+    def write(self, data: Any) -> int:
+        if self._limit is not None and self.tell() + len(data) > self._limit:
+            raise BlobTooLargeError(
+                f"Drive file {self._file_id} sent more than the limit of {self._limit} bytes: "
+                "download stopped"
+            )
+        return super().write(data)
 
 
 @functools.lru_cache(maxsize=8)
@@ -187,9 +205,11 @@ class DriveApi:
         # Drive answers "308 Resume Incomplete" to upload chunks: not a redirect to follow.
         transport.redirect_codes = transport.redirect_codes - {308}
         authorized = google_auth_httplib2.AuthorizedHttp(credentials, http=transport)
-        self._files = discovery.build_from_document(
+        service = discovery.build_from_document(
             _bundled_document(self.options.endpoint), http=authorized
-        ).files()
+        )
+        self._files = service.files()
+        self._permissions = service.permissions()
 
     def __repr__(self) -> str:
         return f"DriveApi(endpoint={self.options.endpoint or 'https://www.googleapis.com/'!r})"
@@ -256,6 +276,20 @@ class DriveApi:
         )
         return DriveFile.from_json(self._call("files.create", request.execute))
 
+    def share(self, file_id: str, email: str, role: str) -> None:
+        """Give the account ``email`` the ``role`` (reader, writer, ...) on a file or folder.
+
+        No notification email: the accounts are services' and sites' own, told by their operator.
+        """
+        request = self._permissions.create(
+            fileId=file_id,
+            body={"type": "user", "role": role, "emailAddress": email},
+            sendNotificationEmail=False,
+            fields="id",
+            supportsAllDrives=True,
+        )
+        self._call("permissions.create", request.execute)
+
     def trash(self, file_id: str) -> None:
         request = self._files.update(
             fileId=file_id, body={"trashed": True}, fields="id", supportsAllDrives=True
@@ -303,10 +337,14 @@ class DriveApi:
                 log_event(logger, "drive_upload_restarted", level=logging.WARNING, name=name)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def download(self, file_id: str) -> bytes:
-        """The file's bytes, fetched in ranges; a failed range is fetched again."""
+    def download(self, file_id: str, *, max_bytes: int | None = None) -> bytes:
+        """The file's bytes, fetched in ranges; a failed range is fetched again.
+
+        More than ``max_bytes`` is ``BlobTooLargeError`` as soon as it arrives (callers check the
+        file's ``size`` first; this bounds a file that is larger than its metadata said).
+        """
         request = self._files.get_media(fileId=file_id, supportsAllDrives=True)
-        buffer = io.BytesIO()
+        buffer = _BoundedBuffer(file_id, max_bytes)
         downloader = api_http.MediaIoBaseDownload(
             buffer, request, chunksize=self.options.download_chunk
         )

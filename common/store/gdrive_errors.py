@@ -13,7 +13,7 @@ from typing import Final, Literal
 
 from common.errors import StoreError
 
-Op = Literal["open", "put", "get", "exists", "list", "delete"]
+Op = Literal["open", "put", "get", "exists", "list", "delete", "share"]
 
 # Full Drive access: a folder shared with the account is invisible under the narrower
 # ``drive.file`` scope, which only sees files the app itself created.
@@ -30,6 +30,7 @@ _ROLE: Final[dict[str, str]] = {
     "list": "Viewer (reader)",
     "put": "Content manager (fileOrganizer) on a shared drive, or Editor (writer)",
     "delete": "Content manager (fileOrganizer) or Manager on a shared drive, or the file's owner",
+    "share": "Manager (organizer) on a shared drive, or Editor (writer) in My Drive",
 }
 _ACCESS: Final[dict[str, str]] = {
     "open": "read",
@@ -38,6 +39,7 @@ _ACCESS: Final[dict[str, str]] = {
     "list": "read",
     "put": "write",
     "delete": "delete",
+    "share": "share",
 }
 
 
@@ -71,6 +73,7 @@ class Where:
     root_id: str
     folder_id: str
     folder_path: str = ""
+    site_folders: tuple[str, ...] = ()  # a per-site store: the only folders shared with it
 
     def describe(self) -> str:
         if self.folder_id == self.root_id:
@@ -100,6 +103,15 @@ def explain(error: DriveCallError, *, op: Op, key: str | None, where: Where, acc
             f"{error.detail}. Service accounts cannot own files in a My Drive folder: put the root "
             "folder in a shared drive and add the service account as Content manager, or use an "
             "OAuth user token"
+        )
+    if where.site_folders and (
+        status == 404 or (status == 403 and not reasons & RATE_LIMIT_REASONS)
+    ):
+        return (
+            f"{account} cannot {what}: no {_ACCESS[op]} access to {folder}; this store reaches "
+            f"only the folders shared with its site ({', '.join(where.site_folders)}); a site "
+            "writes its own updates folder and reads the aggregates, other sites' folders are "
+            f"never shared with it ({error})"
         )
     if status == 403 and not reasons & RATE_LIMIT_REASONS:
         return (

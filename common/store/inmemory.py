@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from common.errors import BlobNotFoundError
-from common.store.base import check_key
+from common.store.base import check_key, too_large
 
 
 class InMemoryStore:
@@ -15,11 +15,14 @@ class InMemoryStore:
     def put(self, key: str, data: bytes) -> None:
         self.blobs[check_key(key)] = bytes(data)
 
-    def get(self, key: str) -> bytes:
+    def get(self, key: str, *, max_bytes: int | None = None) -> bytes:
         try:
-            return self.blobs[check_key(key)]
+            data = self.blobs[check_key(key)]
         except KeyError as exc:
             raise BlobNotFoundError(f"no blob {key} in memory") from exc
+        if max_bytes is not None and len(data) > max_bytes:
+            raise too_large(key, len(data), max_bytes)
+        return data
 
     def exists(self, key: str) -> bool:
         return check_key(key) in self.blobs

@@ -4,7 +4,9 @@
 - ``gdrive://FOLDER_ID``: a Google Drive folder, with the credentials file from the
   ``credentials`` argument, the URL's ``?credentials=/path``, ``$HEFL_GDRIVE_CREDENTIALS`` or
   ``$GOOGLE_APPLICATION_CREDENTIALS`` (first one set wins). ``?endpoint=URL`` replaces Google's
-  API root (a private endpoint, or a test server).
+  API root (a private endpoint, or a test server). ``?folders=PREFIX:ID,PREFIX:ID`` names the
+  folders shared with a hospital's account when the root is not (its own updates folder and the
+  aggregates folder; ``hefl drive-share`` prints such a URL for each site).
 
 The URL is read once at the edge (``hefl simulate --store`` or ``$HEFL_STORE``) and validated here;
 anything else is a ``ConfigError``.
@@ -20,13 +22,13 @@ from pathlib import Path
 from typing import Final, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from common.errors import ConfigError
-from common.store.base import Store
+from common.errors import ConfigError, StoreError
+from common.store.base import Store, check_key
 
 STORE_ENV: Final = "HEFL_STORE"
 CREDENTIALS_ENVS: Final = ("HEFL_GDRIVE_CREDENTIALS", "GOOGLE_APPLICATION_CREDENTIALS")
 _FOLDER_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,200}")
-_GDRIVE_OPTIONS: Final = frozenset({"credentials", "endpoint"})
+_GDRIVE_OPTIONS: Final = frozenset({"credentials", "endpoint", "folders"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,6 +40,7 @@ class StoreSpec:
     folder_id: str | None = None
     credentials: str | None = None
     endpoint: str | None = None
+    folders: Mapping[str, str] | None = None  # key prefix -> a folder shared with this account
 
 
 def parse_store_url(
@@ -83,7 +86,8 @@ def _parse_gdrive(url: str, credentials: str | None, environ: Mapping[str, str])
     unknown = set(query) - _GDRIVE_OPTIONS
     if unknown or any(len(values) != 1 or not values[0] for values in query.values()):
         raise ConfigError(
-            f"store URL {url!r}: options are credentials=PATH and endpoint=URL, each once"
+            f"store URL {url!r}: options are credentials=PATH, endpoint=URL and "
+            "folders=PREFIX:ID,..., each once"
             + (f" (unknown: {', '.join(sorted(unknown))})" if unknown else "")
         )
     endpoint = query.get("endpoint", [None])[0]
@@ -97,7 +101,27 @@ def _parse_gdrive(url: str, credentials: str | None, environ: Mapping[str, str])
             f"store URL {url!r} needs Google credentials: set {CREDENTIALS_ENVS[0]} to a "
             "service-account key or OAuth user token file (or add ?credentials=PATH)"
         )
-    return StoreSpec(kind="gdrive", folder_id=folder, credentials=chosen, endpoint=endpoint)
+    folders = _folders(url, query["folders"][0]) if "folders" in query else None
+    return StoreSpec(
+        kind="gdrive", folder_id=folder, credentials=chosen, endpoint=endpoint, folders=folders
+    )
+
+
+def _folders(url: str, text: str) -> dict[str, str]:
+    folders = {}
+    for item in text.split(","):
+        prefix, _, folder_id = item.partition(":")
+        try:
+            check_key(prefix)
+        except StoreError as exc:
+            raise ConfigError(f"store URL {url!r}: folders: {exc}") from exc
+        if not _FOLDER_ID.fullmatch(folder_id) or prefix in folders:
+            raise ConfigError(
+                f"store URL {url!r}: folders is PREFIX:FOLDER_ID,... with each prefix once, "
+                f"got {item!r}"
+            )
+        folders[prefix] = folder_id
+    return folders
 
 
 def open_store(
@@ -115,5 +139,8 @@ def open_store(
     from common.store.gdrive_types import DriveOptions
 
     return open_drive_store(
-        spec.folder_id, spec.credentials, options=DriveOptions(endpoint=spec.endpoint)
+        spec.folder_id,
+        spec.credentials,
+        options=DriveOptions(endpoint=spec.endpoint),
+        folders=spec.folders,
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import atexit
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from pathlib import Path
 
@@ -136,6 +136,7 @@ def drive_store(
     root: str | None = None,
     credentials: Path | DriveCredentials | None = None,
     sleep: Callable[[float], None] = no_sleep,
+    folders: Mapping[str, str] | None = None,
     **overrides: object,
 ) -> DriveStore:
     drive = drive or shared_fake()
@@ -144,5 +145,10 @@ def drive_store(
     if root is None:
         root = new_root(drive)
     return open_drive_store(
-        root, credentials, options=options(drive, **overrides), sleep=sleep, rand=lambda: 0.5
+        root,
+        credentials,
+        options=options(drive, **overrides),
+        sleep=sleep,
+        rand=lambda: 0.5,
+        folders=folders,
     )

@@ -1,10 +1,14 @@
 """The fake Drive's state: files, folders, sharing, and what each account may do.
 
-Plain data and rules, no HTTP. The rules follow Drive's documentation: an item the account
-cannot see is "File not found" (404); creating needs writer on the parent; in a shared drive,
-trashing needs Content manager (fileOrganizer) and deleting needs Manager (organizer); in My Drive
-only the owner trashes or deletes, and a service account cannot own files at all
-(storageQuotaExceeded).
+Plain data and rules, no HTTP. The rules follow Drive's documentation: each access token
+belongs to one account (``oauth``), and an account sees an item only through a role on it or on
+a folder above it (owner, or a permission; permissions are inherited downwards and cannot be
+taken away below). An item the account cannot see is "File not found" (404); writing where it
+may only read is ``insufficientFilePermissions`` (403); creating needs writer on the parent;
+sharing (``permissions.create``) needs writer, or Content manager for a folder in a shared
+drive; in a shared drive, trashing needs Content manager (fileOrganizer) and deleting needs
+Manager (organizer); in My Drive only the owner trashes or deletes, and a service account cannot
+own files at all (storageQuotaExceeded).
 """
 
 from __future__ import annotations
@@ -50,6 +54,10 @@ LIST_SCHEMA: dict[str, Any] = {
     "incompleteSearch": None,
     "files": FILE_SCHEMA,
 }
+PERMISSION_SCHEMA: dict[str, Any] = {
+    name: None for name in ("kind", "id", "type", "role", "emailAddress")
+}
+PERMISSION_DEFAULT: dict[str, Any] = {"kind": None, "id": None, "type": None, "role": None}
 WRITABLE_ON_CREATE = {"name", "parents", "mimeType", "appProperties", "description"}
 WRITABLE_ON_UPDATE = {"name", "mimeType", "appProperties", "description", "trashed"}
 
@@ -215,6 +223,45 @@ class Files:
                 raise forbidden(item.id)
         elif item.owner != email:
             raise forbidden(item.id)
+
+    def add_permission(self, email: str, item: FakeFile, body: Any) -> dict[str, Any]:
+        """``permissions.create`` by ``email``: give one user a role on ``item``."""
+        if not isinstance(body, dict):
+            raise ApiError(400, "parseError", "Parse Error")
+        for name in body:
+            if name not in PERMISSION_SCHEMA:
+                raise ApiError(
+                    400,
+                    "badRequest",
+                    f'Invalid JSON payload received. Unknown name "{name}": Cannot find field.',
+                )
+        if body.get("type") != "user":
+            raise invalid(
+                f"fake drive: permission type {body.get('type')!r} is not implemented",
+                "permission.type",
+            )
+        role, target = body.get("role"), body.get("emailAddress")
+        if role not in ROLES or role == "owner":
+            raise invalid(f"The provided role is not valid: {role}", "permission.role")
+        if role in ("organizer", "fileOrganizer") and not item.shared_drive:
+            raise invalid(f"The role {role} is only valid in shared drives.", "permission.role")
+        if not isinstance(target, str) or "@" not in target:
+            raise ApiError(
+                400,
+                "invalidSharingRequest",
+                'Bad Request. User message: "The email address is not valid."',
+            )
+        needed = ROLES["fileOrganizer"] if item.shared_drive and item.is_folder else ROLES["writer"]
+        if self.role(email, item) < needed:
+            raise forbidden(item.id)
+        item.shares[target] = role
+        return {
+            "kind": "drive#permission",
+            "id": str(int(hashlib.sha256(target.encode()).hexdigest()[:15], 16)),
+            "type": "user",
+            "role": role,
+            "emailAddress": target,
+        }
 
     def delete(self, item: FakeFile) -> None:
         for child in [c for c in self.items.values() if item.id in c.parents]:

@@ -4,7 +4,8 @@ Stdlib only, threaded, bound to 127.0.0.1 on an ephemeral port. It serves what t
 uses, the way Drive does: ``files.list`` (``q``, ``fields``, ``pageSize``, ``pageToken``),
 ``files.get`` (metadata and ``alt=media`` with ranges), ``files.create`` (metadata, multipart and
 resumable uploads: session URI, ``Content-Range`` chunks, ``308`` with ``Range``, status queries),
-``files.update`` (metadata) and ``files.delete``; and the token endpoint for the JWT-bearer grant
+``files.update`` (metadata), ``files.delete`` and ``permissions.create`` (share with a user); and
+the token endpoint for the JWT-bearer grant
 (service accounts; the JWT signature is checked) and the refresh-token grant (OAuth users).
 
 It rejects what Drive rejects (bad ``q``, unknown ``fields``, bad page tokens, unknown or read-only
@@ -30,6 +31,8 @@ from testkit.drive.model import (
     FILE_SCHEMA,
     FOLDER_MIME,
     LIST_SCHEMA,
+    PERMISSION_DEFAULT,
+    PERMISSION_SCHEMA,
     ROLES,
     WRITABLE_ON_UPDATE,
     ApiError,
@@ -63,6 +66,7 @@ PARAMS = {
     "files.create": {"uploadType"},
     "files.update": set(),
     "files.delete": set(),
+    "permissions.create": {"sendNotificationEmail", "emailMessage"},
     "upload.chunk": {"uploadType", "upload_id"},
 }
 LIST_DEFAULT = {
@@ -340,6 +344,8 @@ class FakeDrive(Uploads, OAuth):
         body = read_body(h)
         if call == "files.list":
             return send_json(h, 200, self._list(query, email))
+        if call == "permissions.create":
+            return self._share(h, path, query, email, body)
         if file_id is None:
             raise invalid("missing file id", "fileId")
         with self.lock:
@@ -369,6 +375,13 @@ class FakeDrive(Uploads, OAuth):
                 self.files.delete(item)
                 return send(h, 204, b"", {})
         return self._media(h, content)
+
+    def _share(self, h: Handler, path: str, query: dict[str, str], email: str, body: bytes) -> None:
+        tree = requested(query, PERMISSION_SCHEMA, PERMISSION_DEFAULT)
+        with self.lock:
+            item = self.files.visible(email, path.split("/")[-2])
+            permission = self.files.add_permission(email, item, json.loads(body or b"{}"))
+        send_json(h, 200, select(permission, tree))
 
     def _render(self, email: str, item: FakeFile, query: dict[str, str]) -> dict[str, Any]:
         tree = requested(query, FILE_SCHEMA, FILE_DEFAULT)

@@ -57,6 +57,8 @@ def classify(method: str, path: str, query: dict[str, str]) -> str:
         return {"POST": "files.create", "PUT": "upload.chunk"}.get(method, "unknown")
     if path == "/drive/v3/files":
         return {"GET": "files.list", "POST": "files.create"}.get(method, "unknown")
+    if re.fullmatch(r"/drive/v3/files/[A-Za-z0-9_-]+/permissions", path):
+        return "permissions.create" if method == "POST" else "unknown"
     if re.fullmatch(r"/drive/v3/files/[A-Za-z0-9_-]+", path):
         if method == "GET":
             return "files.get_media" if query.get("alt") == "media" else "files.get"

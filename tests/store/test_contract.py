@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from common.errors import BlobNotFoundError, HeflError, StoreError
+from common.errors import BlobNotFoundError, BlobTooLargeError, HeflError, StoreError
 from common.store import InMemoryStore, LocalStore, Store, check_key, get_verified, sha256_hex
 from testkit.drive.helpers import drive_store
 
@@ -173,6 +173,42 @@ class TestStoreContract:
         with pytest.raises(BlobNotFoundError):
             get_verified(store, "b", sha256_hex(b""))
 
+    # -- size limits: the reader says how much it expects, the store refuses more unread ------
+
+    def test_get_over_max_bytes_raises_blob_too_large_naming_key_size_and_limit(
+        self, store: Store
+    ) -> None:
+        store.put("runs/r1/big.blob", b"x" * 1000)
+        with pytest.raises(BlobTooLargeError) as info:
+            store.get("runs/r1/big.blob", max_bytes=999)
+        message = str(info.value)
+        assert "runs/r1/big.blob" in message
+        assert "1000 bytes" in message
+        assert "999 bytes" in message
+        assert isinstance(info.value, StoreError)
+
+    def test_get_with_max_bytes_equal_to_the_size_returns_the_blob(self, store: Store) -> None:
+        store.put("k", b"x" * 1000)
+        assert store.get("k", max_bytes=1000) == b"x" * 1000
+        assert store.get("k", max_bytes=10**9) == b"x" * 1000
+        store.put("empty", b"")
+        assert store.get("empty", max_bytes=0) == b""
+
+    def test_get_with_max_bytes_of_a_missing_key_raises_blob_not_found(self, store: Store) -> None:
+        with pytest.raises(BlobNotFoundError):
+            store.get("runs/nope.blob", max_bytes=10)
+
+    def test_get_verified_passes_max_bytes_through(self, store: Store) -> None:
+        store.put("b", b"ciphertext")
+        with pytest.raises(BlobTooLargeError):
+            get_verified(store, "b", sha256_hex(b"ciphertext"), max_bytes=9)
+        assert get_verified(store, "b", sha256_hex(b"ciphertext"), max_bytes=10) == b"ciphertext"
+
+    def test_get_verified_within_max_bytes_still_checks_the_digest(self, store: Store) -> None:
+        store.put("b", b"replaced")
+        with pytest.raises(StoreError, match="does not match"):
+            get_verified(store, "b", sha256_hex(b"ciphertext"), max_bytes=100)
+
 
 # -- helpers -----------------------------------------------------------------------------------
 
@@ -211,7 +247,7 @@ def test_local_store_failed_write_leaves_neither_partial_blob_nor_temp_file(
     store = LocalStore(tmp_path)
     store.put("runs/r1/a.blob", b"old")
 
-    def crash(src: object, dst: object) -> None:
+    def crash(*args: object, **kwargs: object) -> None:
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", crash)

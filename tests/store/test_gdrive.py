@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from common.errors import BlobNotFoundError, ConfigError, StoreError
+from common.errors import BlobNotFoundError, BlobTooLargeError, ConfigError, StoreError
 from common.store import sha256_hex
 from common.store.gdrive import SHA256_PROPERTY, SIZE_PROPERTY, DriveStore
 from common.store.gdrive_api import DriveApi
@@ -25,6 +25,7 @@ from testkit.drive.helpers import (
     SERVICE_ACCOUNT,
     drive_store,
     new_root,
+    options,
     service_account_file,
     shared_fake,
     user_credentials,
@@ -263,6 +264,68 @@ def test_downloads_stream_in_ranges(drive: FakeDrive, tmp_path: Path) -> None:
     assert store.get("blob") == data
     ranges = [r.headers["range"] for r in recorded_since(drive, mark, "files.get_media")]
     assert ranges == ["bytes=0-99999", "bytes=100000-199999", "bytes=200000-299999"]
+
+
+# -- size before content -------------------------------------------------------------------------
+
+
+def test_a_file_whose_size_exceeds_max_bytes_is_refused_without_a_media_download(
+    drive: FakeDrive, tmp_path: Path
+) -> None:
+    store = drive_store(tmp_path, drive)
+    store.put(KEY, b"x" * 5000)
+    mark = len(drive.requests)
+    with pytest.raises(BlobTooLargeError) as info:
+        store.get(KEY, max_bytes=4999)
+    assert KEY in str(info.value) and "5000 bytes" in str(info.value)
+    assert "4999 bytes" in str(info.value)
+    assert recorded_since(drive, mark, "files.get_media") == []
+    assert not any(r.query.get("alt") == "media" for r in drive.requests[mark:])
+    assert store.get(KEY, max_bytes=5000) == b"x" * 5000
+
+
+def test_a_planted_file_without_a_size_record_is_refused_by_its_drive_size(
+    drive: FakeDrive, tmp_path: Path
+) -> None:
+    """Another client's file carries no hefl_size: Drive's own size field still counts."""
+    store = drive_store(tmp_path, drive)
+    drive.add_file(store.root_id, "planted.blob", b"z" * 100_000)
+    mark = len(drive.requests)
+    with pytest.raises(BlobTooLargeError, match="100000 bytes"):
+        store.get("planted.blob", max_bytes=1000)
+    assert recorded_since(drive, mark, "files.get_media") == []
+
+
+def test_a_recorded_size_over_max_bytes_is_refused_too(drive: FakeDrive, tmp_path: Path) -> None:
+    store = drive_store(tmp_path, drive)
+    drive.add_file(store.root_id, "lies.blob", b"abc", app_properties={SIZE_PROPERTY: "3"})
+    with pytest.raises(BlobTooLargeError):
+        store.get("lies.blob", max_bytes=2)
+    assert store.get("lies.blob", max_bytes=3) == b"abc"
+
+
+def test_a_google_doc_at_a_key_is_never_downloaded(drive: FakeDrive, tmp_path: Path) -> None:
+    store = drive_store(tmp_path, drive)
+    drive.add_file(store.root_id, "doc", b"", mime_type="application/vnd.google-apps.document")
+    mark = len(drive.requests)
+    with pytest.raises(BlobNotFoundError):
+        store.get("doc", max_bytes=10)
+    assert recorded_since(drive, mark, "files.get_media") == []
+
+
+def test_the_download_itself_stops_past_max_bytes(drive: FakeDrive, tmp_path: Path) -> None:
+    """A file larger than its metadata said is cut off as soon as the bytes pass the limit."""
+    root = new_root(drive)
+    file_id = drive.add_file(root, "blob", os.urandom(250_000))
+    api = DriveApi(
+        load_credentials(service_account_file(drive, tmp_path)).credentials,
+        options=options(drive, download_chunk=100_000),
+    )
+    mark = len(drive.requests)
+    with pytest.raises(BlobTooLargeError, match=f"Drive file {file_id} sent more than"):
+        api.download(file_id, max_bytes=150_000)
+    assert len(recorded_since(drive, mark, "files.get_media")) == 2  # not the third range
+    assert len(api.download(file_id, max_bytes=250_000)) == 250_000
 
 
 # -- injected faults -----------------------------------------------------------------------------
