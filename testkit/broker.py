@@ -7,24 +7,45 @@ broker is a broken environment, not an optional feature. The other helpers drive
 ``rabbitmqctl`` (root or the ``rabbitmq`` user, as in CI): stop and start the app or the whole
 node, give each test its own throw-away virtual host, and read the state of queues and
 connections.
+
+The local node also gets the project's broker configuration (``configure_node``, run by
+``tools/start_broker.sh``; ``ensure_tls`` does it on first use otherwise): a TLS listener on 5671
+with a throw-away CA made at set-up time, and the message size cap, rendered by
+``common.transport.brokerconf``. ``temporary_site`` gives a test one broker user per participant,
+confined as a deployment's are, on its own virtual host.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
+import os
+import secrets
 import shutil
 import socket
 import subprocess
+import sys
+import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Final
+from pathlib import Path
+from typing import Any, Final, Literal
+from urllib.parse import quote
+
+from common.transport.brokerconf import BrokerPlan, TlsFiles, rabbitmq_conf
+from common.transport.brokerpki import make_ca, make_server_cert
 
 HOST: Final = "127.0.0.1"
 PORT: Final = 5672
+TLS_PORT: Final = 5671
+#: The test node's TLS material, made by ``configure_node``; clients trust ``TLS_CA``.
+TLS_DIR: Final = Path("/etc/rabbitmq/hefl-test-tls")
+TLS_CA: Final = TLS_DIR / "ca.pem"
+CONF_FILE: Final = Path("/etc/rabbitmq/conf.d/50-hefl-test.conf")
 USER: Final = "guest"
 PASSWORD: Final = "guest"
 STARTUP_TIMEOUT: Final = 120.0
@@ -47,10 +68,10 @@ class Vhost:
         return f"amqp://{USER}:{PASSWORD}@{HOST}:{PORT}/{self.name}"
 
 
-def port_open(timeout: float = 1.0) -> bool:
-    """True when something accepts TCP connections on the local AMQP port."""
+def port_open(timeout: float = 1.0, port: int = PORT) -> bool:
+    """True when something accepts TCP connections on the local AMQP port (or ``port``)."""
     try:
-        with socket.create_connection((HOST, PORT), timeout=timeout):
+        with socket.create_connection((HOST, port), timeout=timeout):
             return True
     except OSError:
         return False
@@ -120,8 +141,7 @@ def temporary_vhost(prefix: str = "hefl-test") -> Iterator[Vhost]:
         ctl("set_permissions", "-p", vhost.name, USER, ".*", ".*", ".*")
         yield vhost
     finally:
-        command = ["rabbitmqctl", "-q", "delete_vhost", vhost.name]
-        _cleanups.append(subprocess.Popen(command, stdout=subprocess.DEVNULL))
+        _in_background("delete_vhost", vhost.name)
 
 
 def wait_for_cleanup() -> None:
@@ -154,6 +174,159 @@ def connections(vhost: Vhost) -> list[dict[str, Any]]:
     return [row for row in rows if row["vhost"] == vhost.name]
 
 
+# -- the node's configuration: TLS listener and limits --------------------------------------------
+
+
+def configure_node() -> bool:
+    """Write the test node's TLS material and config file; True when the config changed.
+
+    The CA and the server certificate (for 127.0.0.1 and localhost) are made once and kept;
+    the node reads them, and its config, only when it starts, so a changed config needs a
+    restart (``ensure_tls`` and ``tools/start_broker.sh`` do it).
+    """
+    files = TlsFiles(
+        cacertfile=str(TLS_CA),
+        certfile=str(TLS_DIR / "server.pem"),
+        keyfile=str(TLS_DIR / "server.key"),
+    )
+    if not all(Path(path).is_file() for path in (files.cacertfile, files.certfile, files.keyfile)):
+        TLS_DIR.mkdir(parents=True, exist_ok=True)
+        ca = make_ca("hefl test broker CA")
+        server = make_server_cert(ca, ("localhost", HOST))
+        _write(Path(files.keyfile), server.key, 0o640)
+        _write(Path(files.certfile), server.cert, 0o644)
+        _write(TLS_CA, ca.cert, 0o644)  # the CA's key is not kept: nothing else is ever signed
+    text = rabbitmq_conf(tls=files, plain_tcp=True)
+    if CONF_FILE.is_file() and CONF_FILE.read_text() == text:
+        return False
+    CONF_FILE.parent.mkdir(parents=True, exist_ok=True)
+    _write(CONF_FILE, text.encode(), 0o644)
+    return True
+
+
+def _write(path: Path, data: bytes, mode: int) -> None:
+    """Write ``path`` readable by the broker's own user (the node runs as ``rabbitmq``)."""
+    path.write_bytes(data)
+    path.chmod(mode)
+    # no such group, or not root: then the node runs as this user and reads it anyway
+    with contextlib.suppress(LookupError, PermissionError):
+        shutil.chown(path, group="rabbitmq")
+
+
+def ensure_tls() -> None:
+    """The local node with its TLS listener; configures and restarts it the first time."""
+    ensure_running()
+    if port_open(port=TLS_PORT):
+        return
+    configure_node()
+    restart()
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while not port_open(port=TLS_PORT):
+        if time.monotonic() > deadline:
+            raise BrokerError(
+                f"RabbitMQ does not listen for TLS on {HOST}:{TLS_PORT} with {CONF_FILE}; "
+                "see /var/log/rabbitmq/ for the reason"
+            )
+        time.sleep(0.5)
+
+
+# -- a deployment's users on a throw-away virtual host ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class Site:
+    """One user per participant of ``plan`` on the virtual host ``plan.vhost``."""
+
+    plan: BrokerPlan
+    passwords: Mapping[str, str]
+
+    @property
+    def vhost(self) -> Vhost:
+        return Vhost(self.plan.vhost)
+
+    def url(self, identity: str, *, tls: bool = False, password: str | None = None) -> str:
+        """The broker URL of ``identity``'s user (its own password unless one is given)."""
+        user = quote(self.plan.user(identity), safe="")
+        secret = quote(self.passwords[identity] if password is None else password, safe="")
+        scheme, port = ("amqps", TLS_PORT) if tls else ("amqp", PORT)
+        return f"{scheme}://{user}:{secret}@{HOST}:{port}/{quote(self.plan.vhost, safe='')}"
+
+
+@contextmanager
+def temporary_site(
+    hospitals: tuple[str, ...] = ("hospital-1", "hospital-2"),
+    *,
+    prefix: str = "hefl",
+    via: Literal["rabbitmqctl", "definitions"] = "rabbitmqctl",
+    **limits: int,
+) -> Iterator[Site]:
+    """A fresh virtual host with a user per participant, confined by ``brokerconf``.
+
+    ``via="rabbitmqctl"`` adds users, permissions and policies one command at a time;
+    ``via="definitions"`` imports ``BrokerPlan.definitions`` (password hashes, topology and
+    all) with ``rabbitmqctl import_definitions``. Users and virtual host are deleted afterwards.
+    User names start with the virtual host's name, since users are global to the broker.
+    """
+    tag = f"hefl-test-{uuid.uuid4().hex[:12]}"
+    plan = BrokerPlan(
+        hospitals=hospitals, prefix=prefix, vhost=tag, user_prefix=f"{tag}.", **limits
+    )
+    passwords = {name: secrets.token_hex(16) for name in plan.participants}  # no leading "-"
+    users = [plan.user(name) for name in plan.participants]
+    try:
+        if via == "definitions":
+            _import(plan.definitions(passwords))
+        else:
+            ctl("add_vhost", tag)
+            for name in plan.participants:
+                ctl("add_user", plan.user(name), passwords[name])
+                grant = plan.permission(name)
+                ctl(
+                    "set_permissions",
+                    "-p",
+                    tag,
+                    plan.user(name),
+                    grant.configure,
+                    grant.write,
+                    grant.read,
+                )
+            for policy in plan.policies():
+                ctl(
+                    "set_policy",
+                    "-p",
+                    tag,
+                    "--priority",
+                    str(policy["priority"]),
+                    "--apply-to",
+                    policy["apply-to"],
+                    policy["name"],
+                    policy["pattern"],
+                    json.dumps(policy["definition"]),
+                )
+        yield Site(plan, passwords)
+    finally:
+        for user in users:
+            _in_background("delete_user", user)
+        _in_background("delete_vhost", tag)
+
+
+def _in_background(*args: str) -> None:
+    """Run ``rabbitmqctl`` without waiting (``wait_for_cleanup`` waits)."""
+    command = ["rabbitmqctl", "-q", *args]
+    quiet = subprocess.DEVNULL
+    _cleanups.append(subprocess.Popen(command, stdout=quiet, stderr=quiet))
+
+
+def _import(definitions: dict[str, Any]) -> None:
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+        json.dump(definitions, handle)
+    try:
+        os.chmod(handle.name, 0o644)
+        ctl("import_definitions", handle.name)
+    finally:
+        os.unlink(handle.name)
+
+
 def ctl(*args: str) -> str:
     """Run ``rabbitmqctl`` and return its output; a failure fails the test with the reason."""
     done = subprocess.run(
@@ -178,3 +351,16 @@ def _json(text: str) -> list[dict[str, Any]]:
 
 def _output(done: subprocess.CompletedProcess[str]) -> str:
     return (done.stderr.strip() or done.stdout.strip() or f"exit code {done.returncode}")[-2000:]
+
+
+def main(argv: list[str]) -> int:
+    """``python -m testkit.broker configure``: configure the node; print whether it changed."""
+    if argv != ["configure"]:
+        print("usage: python -m testkit.broker configure", file=sys.stderr)
+        return 2
+    print("changed" if configure_node() else "unchanged")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from common.transport.base import ANNOUNCE, SUBMIT, TOPICS, Handler, Transport
-from common.transport.inmemory import InMemoryTransport
+from common.transport.base import ANNOUNCE, SUBMIT, TOPICS, Handler, SenderHandler, Transport
+from common.transport.inmemory import InMemoryParticipant, InMemoryTransport
 from common.transport.settings import BROKER_URL_ENV, Backoff, broker_url
 
 if TYPE_CHECKING:
@@ -24,8 +24,10 @@ __all__ = [
     "TOPICS",
     "Backoff",
     "Handler",
+    "InMemoryParticipant",
     "InMemoryTransport",
     "RabbitMQTransport",
+    "SenderHandler",
     "Transport",
     "broker_url",
 ]

@@ -2,6 +2,11 @@
 
 Two topics exist. ``ANNOUNCE`` fans out from the coordinator to every hospital; ``SUBMIT`` carries
 hospitals' replies to the coordinator. Delivery is at least once, so handlers are idempotent.
+
+A ``SenderHandler`` also receives the message's authenticated sender: the participant whose
+credentials published it, as established by the transport (RabbitMQ checks a message's
+``user_id`` against its connection's user), never as claimed inside the message. A receiver
+compares the two to refuse a participant speaking for another.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ SUBMIT: Final = "submit"
 TOPICS: Final = (ANNOUNCE, SUBMIT)
 
 Handler = Callable[[bytes], None]
+SenderHandler = Callable[[bytes, str], None]  # (body, authenticated sender)
 
 
 class Transport(Protocol):
@@ -22,3 +28,10 @@ class Transport(Protocol):
     def publish(self, topic: str, body: bytes) -> None: ...
 
     def subscribe(self, topic: str, handler: Handler) -> None: ...
+
+    def subscribe_with_sender(self, topic: str, handler: SenderHandler) -> None:
+        """Like ``subscribe``; the handler also gets the authenticated sender of each message.
+
+        A message whose sender cannot be established is dropped (logged and counted) instead.
+        """
+        ...

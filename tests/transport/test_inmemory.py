@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from common.errors import HeflError, TransportError
-from common.transport import ANNOUNCE, SUBMIT, TOPICS, Handler, InMemoryTransport, Transport
+from common.transport import (
+    ANNOUNCE,
+    SUBMIT,
+    TOPICS,
+    Handler,
+    InMemoryParticipant,
+    InMemoryTransport,
+    Transport,
+)
 
 
 def _named(order: list[str], name: str) -> Handler:
@@ -17,7 +25,9 @@ def _named(order: list[str], name: str) -> Handler:
 
 def test_in_memory_transport_satisfies_the_transport_protocol() -> None:
     transport: Transport = InMemoryTransport()  # checked by mypy
+    participant: Transport = InMemoryTransport().participant("hospital-1")
     assert callable(transport.publish) and callable(transport.subscribe)
+    assert callable(participant.subscribe_with_sender)
     assert set(TOPICS) == {ANNOUNCE, SUBMIT}
 
 
@@ -201,3 +211,47 @@ def test_unknown_topics_are_rejected(topic: str) -> None:
         transport.subscribe(topic, lambda body: None)
     assert transport.pending == 0
     assert issubclass(TransportError, HeflError)
+
+
+# -- senders -------------------------------------------------------------------------------------
+
+
+def test_a_participant_publishes_with_its_identity_as_the_sender() -> None:
+    bus = InMemoryTransport()
+    coordinator, hospital = bus.participant("coordinator"), bus.participant("hospital-2")
+    received: list[tuple[bytes, str]] = []
+    coordinator.subscribe_with_sender(SUBMIT, lambda body, sender: received.append((body, sender)))
+    hospital.publish(SUBMIT, b"update")
+    bus.publish(SUBMIT, b"injected", sender="hospital-1")  # a test speaking as someone
+    assert bus.deliver_all() == 2
+    assert received == [(b"update", "hospital-2"), (b"injected", "hospital-1")]
+    assert isinstance(hospital, InMemoryParticipant) and bus.dropped == {}
+
+
+def test_a_message_without_sender_reaches_plain_handlers_and_is_dropped_for_sender_handlers() -> (
+    None
+):
+    bus = InMemoryTransport()
+    order: list[str] = []
+    bus.subscribe(SUBMIT, _named(order, "plain-1"))
+    bus.subscribe_with_sender(SUBMIT, lambda body, sender: order.append(f"sender-{sender}"))
+    bus.subscribe(SUBMIT, _named(order, "plain-2"))
+    bus.publish(SUBMIT, b"anonymous")
+    bus.participant("hospital-1").publish(SUBMIT, b"signed")
+    bus.deliver_all()
+    assert order == ["plain-1", "plain-2", "plain-1", "sender-hospital-1", "plain-2"]
+    assert bus.dropped == {"unauthenticated": 1}
+
+
+def test_a_participant_shares_the_bus_and_its_checks() -> None:
+    bus = InMemoryTransport()
+    hospital = bus.participant("hospital-1")
+    received: list[bytes] = []
+    hospital.subscribe(ANNOUNCE, received.append)
+    bus.participant("coordinator").publish(ANNOUNCE, b"round 1")
+    assert bus.pending == 1 and bus.deliver_all() == 1
+    assert received == [b"round 1"]
+    with pytest.raises(TransportError):
+        hospital.publish("results", b"x")
+    with pytest.raises(TransportError):
+        hospital.subscribe_with_sender("results", lambda body, sender: None)

@@ -23,6 +23,7 @@ import common.transport
 import common.transport.rabbitmq
 from common.errors import ConfigError, TransportError
 from common.transport import ANNOUNCE, SUBMIT, Transport
+from common.transport.names import Names
 from common.transport.rabbitmq import (
     BROKER_URL_ENV,
     DEFAULT_BROKER_URL,
@@ -117,6 +118,15 @@ def settled(vhost: broker.Vhost, name: str) -> bool:
     return queue["messages_ready"] == 0 and queue["messages_unacknowledged"] == 0
 
 
+def submit_queue(prefix: str) -> str:
+    return Names(prefix).submit_queue
+
+
+def declare_shared(make: Make) -> None:
+    """Connect a coordinator, which declares the exchanges and the submit queue, not consuming."""
+    make("coordinator").subscribe(SUBMIT, lambda body: None)
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -148,14 +158,17 @@ def test_round_trip_on_both_topics_with_a_reply_published_from_the_handler(
     assert announced == [b"round 1"]
     assert replies == [b"update for round 1"]
     queues = broker.queues(vhost)
-    assert set(queues) == {f"{prefix}.submit", f"{prefix}.announce.hospital-1"}
+    assert set(queues) == {submit_queue(prefix), f"{prefix}.announce.hospital-1"}
     assert all(q["durable"] and q["messages_ready"] == 0 for q in queues.values())
     assert all(q["messages_unacknowledged"] == 0 for q in queues.values())
     exchange = broker.exchanges(vhost)[f"{prefix}.announce"]
     assert exchange["type"] == "fanout" and exchange["durable"]
+    exchange = broker.exchanges(vhost)[f"{prefix}.submit"]
+    assert exchange["type"] == "direct" and exchange["durable"]
 
 
 def test_announce_fans_out_to_every_hospital_queue(make: Make) -> None:
+    declare_shared(make)
     coordinator = make("coordinator")
     hospitals = {name: make(name) for name in ("hospital-1", "hospital-2", "hospital-3")}
     inboxes: dict[str, list[bytes]] = {name: [] for name in hospitals}
@@ -174,6 +187,7 @@ def test_announce_fans_out_to_every_hospital_queue(make: Make) -> None:
 def test_a_hospital_queue_keeps_announcements_sent_while_it_was_away(
     make: Make, vhost: broker.Vhost, prefix: str
 ) -> None:
+    declare_shared(make)
     coordinator, first = make("coordinator"), make("hospital-1")
     seen: list[bytes] = []
     first.subscribe(ANNOUNCE, seen.append)
@@ -228,7 +242,7 @@ def test_serve_raises_when_the_broker_stays_away_and_the_transport_recovers_late
     coordinator = make("coordinator", backoff=patience)
     coordinator.subscribe(SUBMIT, lambda body: None)
     server = Server(coordinator)
-    wait_for(lambda: broker.queues(vhost)[f"{prefix}.submit"]["consumers"] == 1, "a consumer")
+    wait_for(lambda: broker.queues(vhost)[submit_queue(prefix)]["consumers"] == 1, "a consumer")
     broker.stop_app()
     try:
         started = time.monotonic()
@@ -239,15 +253,13 @@ def test_serve_raises_when_the_broker_stays_away_and_the_transport_recovers_late
     assert isinstance(error, TransportError)
     assert f"{coordinator.endpoint} unreachable" in str(error)
     coordinator.publish(SUBMIT, b"after the outage")  # a new call starts a new attempt window
-    assert broker.queues(vhost)[f"{prefix}.submit"]["messages_ready"] == 1
+    assert broker.queues(vhost)[submit_queue(prefix)]["messages_ready"] == 1
 
 
 def test_an_unacked_message_is_redelivered_when_its_consumer_dies_mid_handler(
     make: Make, vhost: broker.Vhost, prefix: str
 ) -> None:
     hospital, crashing, rescuer = make("hospital-1"), make("coordinator"), make("coordinator")
-    for body in (b"m1", b"m2", b"m3"):
-        hospital.publish(SUBMIT, body)
     started, release = threading.Event(), threading.Event()
     first: list[bytes] = []
 
@@ -256,10 +268,12 @@ def test_an_unacked_message_is_redelivered_when_its_consumer_dies_mid_handler(
         started.set()
         release.wait(WAIT)
 
-    crashing.subscribe(SUBMIT, stuck)
+    crashing.subscribe(SUBMIT, stuck)  # declares the submit queue; consumes only in serve()
+    for body in (b"m1", b"m2", b"m3"):
+        hospital.publish(SUBMIT, body)
     server = Server(crashing)
     assert started.wait(WAIT)
-    submit = broker.queues(vhost)[f"{prefix}.submit"]
+    submit = broker.queues(vhost)[submit_queue(prefix)]
     assert (submit["messages_unacknowledged"], submit["messages_ready"]) == (1, 2)  # prefetch 1
 
     crashing.close()  # the consumer goes away while its handler still runs
@@ -290,7 +304,7 @@ def test_heartbeats_survive_a_handler_three_times_longer_than_the_heartbeat(
     hospital.publish(SUBMIT, b"big aggregation")
     before = {c["name"] for c in broker.connections(vhost) if c["timeout"] == 2}
     serve_until(coordinator, lambda: len(handled) == 1)
-    serve_until(coordinator, lambda: settled(vhost, f"{prefix}.submit"))
+    serve_until(coordinator, lambda: settled(vhost, submit_queue(prefix)))
 
     assert len(before) == 1, "the coordinator should hold one connection with a 2 s heartbeat"
     after = {c["name"] for c in broker.connections(vhost) if c["timeout"] == 2}
@@ -355,12 +369,12 @@ def test_a_handler_that_raises_is_logged_and_acked_so_it_cannot_loop(
     hospital.publish(SUBMIT, b"fine")
     with caplog.at_level(logging.ERROR, logger="common.transport.rabbitmq"):
         serve_until(coordinator, lambda: len(calls) == 2)
-        serve_until(coordinator, lambda: settled(vhost, f"{prefix}.submit"))
+        serve_until(coordinator, lambda: settled(vhost, submit_queue(prefix)))
 
     assert calls == [b"bug", b"fine"]
     assert coordinator.handler_errors == 1
     assert "amqp_handler_failed" in caplog.text and "ValueError" in caplog.text
-    assert broker.queues(vhost)[f"{prefix}.submit"]["messages_ready"] == 0
+    assert broker.queues(vhost)[submit_queue(prefix)]["messages_ready"] == 0
 
 
 def test_an_announcement_nobody_can_receive_yet_is_a_warning_not_an_error(
@@ -371,27 +385,51 @@ def test_an_announcement_nobody_can_receive_yet_is_a_warning_not_an_error(
     assert "amqp_announce_unroutable" in caplog.text
 
 
-def test_a_submit_whose_queue_was_deleted_is_retried_after_declaring_the_queue_again(
+def test_a_submit_whose_queue_was_deleted_is_retried_until_the_coordinator_declares_it_again(
     make: Make, vhost: broker.Vhost, prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    hospital = make("hospital-1")
-    hospital.publish(SUBMIT, b"before")  # connected, with the submit queue declared
-    broker.ctl("delete_queue", "-p", vhost.name, f"{prefix}.submit")
-    assert f"{prefix}.submit" not in broker.queues(vhost)
+    coordinator, hospital = make("coordinator"), make("hospital-1")
+    received: list[bytes] = []
+    coordinator.subscribe(SUBMIT, received.append)
+    server = Server(coordinator)
+    hospital.publish(SUBMIT, b"before")
+    wait_for(lambda: received == [b"before"], "the first message")
+    broker.ctl("delete_queue", "-p", vhost.name, submit_queue(prefix))
 
     with caplog.at_level(logging.WARNING, logger="common.transport.rabbitmq"):
-        hospital.publish(SUBMIT, b"after")
+        hospital.publish(SUBMIT, b"after")  # unroutable until the coordinator declares it
+        wait_for(lambda: len(received) == 2, "the message sent while the queue was gone")
+    server.stop()
 
-    assert "amqp_publish_retry" in caplog.text and "reason=unroutable" in caplog.text
-    assert broker.queues(vhost)[f"{prefix}.submit"]["messages_ready"] == 1
-    assert hospital.reconnects == 0
+    assert received == [b"before", b"after"]
+    assert hospital.reconnects == 0 and coordinator.reconnects == 1
+
+
+def test_a_hospital_started_before_the_coordinator_waits_for_its_exchanges(
+    make: Make, vhost: broker.Vhost, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    patience = Backoff(initial=0.1, maximum=0.3, give_up_after=1.0)  # for an absent broker
+    hospital = make("hospital-1", backoff=patience)
+    with caplog.at_level(logging.WARNING, logger="common.transport.rabbitmq"):
+        early = threading.Thread(target=hospital.publish, args=(SUBMIT, b"early"))
+        early.start()
+        wait_for(lambda: "amqp_waiting_for_topology" in caplog.text, "the hospital to wait")
+        time.sleep(2.0)  # twice give_up_after: waiting for the coordinator is not an outage
+        assert early.is_alive()
+        assert f"{prefix}.submit" not in broker.exchanges(vhost)  # a hospital declares none
+        declare_shared(make)
+        early.join(timeout=WAIT)
+    assert not early.is_alive()
+    assert "waiting for the coordinator" in caplog.text and "amqp_gave_up" not in caplog.text
+    assert broker.queues(vhost)[submit_queue(prefix)]["messages_ready"] == 1
 
 
 def test_a_message_the_broker_keeps_nacking_fails_after_the_publish_attempts(
     make: Make, vhost: broker.Vhost, prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     full = '{"max-length": 0, "overflow": "reject-publish"}'  # every publish is nacked
-    broker.ctl("set_policy", "-p", vhost.name, "full", f"^{prefix}\\.submit$", full)
+    broker.ctl("set_policy", "-p", vhost.name, "full", f"^{prefix}\\.submit\\.", full)
+    declare_shared(make)
     hospital = make("hospital-1", publish_attempts=3)
 
     with (
@@ -464,10 +502,11 @@ def test_the_broker_url_comes_from_the_environment(
 ) -> None:
     assert broker_url({}) == DEFAULT_BROKER_URL
     monkeypatch.setenv(BROKER_URL_ENV, vhost.url)
+    declare_shared(make)
     transport = make("hospital-1", url=None)
     assert transport.endpoint == f"amqp://guest@127.0.0.1:5672/{vhost.name}"
     transport.publish(SUBMIT, b"hello")
-    assert broker.queues(vhost)[f"{prefix}.submit"]["messages_ready"] == 1
+    assert broker.queues(vhost)[submit_queue(prefix)]["messages_ready"] == 1
 
 
 def test_urls_are_parsed_and_never_show_their_password() -> None:

@@ -9,12 +9,14 @@ The only package of the project that imports pika. One module per concern, each 
 - ``session``: one live connection and its channels.
 - ``io_thread``: the thread that owns the connection: commands, pumping, reconnecting.
 - ``transport``: ``RabbitMQTransport``, the public face: publish, subscribe, serve, close.
+- ``probe``: ``Probe``, single operations as one broker user, to check what it may do.
 - ``events``: the package's structured log events.
 """
 
 from __future__ import annotations
 
 from common.transport.rabbitmq.params import DEFAULT_CONNECT_TIMEOUT, DEFAULT_HEARTBEAT
+from common.transport.rabbitmq.probe import Outcome, Probe
 from common.transport.rabbitmq.transport import DEFAULT_PUBLISH_ATTEMPTS, RabbitMQTransport
 from common.transport.settings import (
     BROKER_URL_ENV,
@@ -32,6 +34,8 @@ __all__ = [
     "DEFAULT_PREFIX",
     "DEFAULT_PUBLISH_ATTEMPTS",
     "Backoff",
+    "Outcome",
+    "Probe",
     "RabbitMQTransport",
     "broker_url",
 ]

@@ -51,6 +51,7 @@ class Delivery:
     body: bytes
     redelivered: bool
     generation: int
+    user_id: str | None = None  # the publisher's broker user, checked by the broker when set
 
 
 Sink: TypeAlias = queue.Queue[Delivery | TransportError]

@@ -10,6 +10,9 @@ topology declared again and consuming resumed (pika's ``asynchronous_reconnectin
 A broker away for ``give_up_after`` seconds, or one that keeps refusing the credentials, ends the
 thread with a TransportError naming the URL without password; it fails every waiting command and
 reaches ``serve`` through its sink. The next command starts a new thread and a new attempt window.
+A broker certificate that does not verify ends it at once: it will not verify on a retry either.
+A hospital whose broker lacks the coordinator's exchanges waits for them without giving up,
+checking every ``TOPOLOGY_POLL_SECONDS``: the broker is up, the coordinator just not started yet.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import ssl
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -25,10 +29,13 @@ from typing import Any, Final
 from common.errors import TransportError
 from common.transport.rabbitmq.commands import Ack, Command, fail
 from common.transport.rabbitmq.events import LOG
+from common.transport.rabbitmq.params import untrusted_certificate
 from common.transport.rabbitmq.session import DISCONNECTS, REFUSED, Session, Wiring
+from common.transport.rabbitmq.topology import SharedTopologyMissing
 from common.transport.settings import Backoff
 
 PUMP_SECONDS: Final = 0.1  # longest the I/O thread stays in pika before reading its commands
+TOPOLOGY_POLL_SECONDS: Final = 1.0  # between checks for the exchanges the coordinator declares
 _REFUSALS_BEFORE_GIVING_UP: Final = 5
 
 
@@ -134,10 +141,26 @@ class IOThread:
         started = self._clock() if down_since is None else down_since
         attempt = 0
         refused = 0
+        waits = 0
         while not self._closing.is_set():
             attempt += 1
             try:
                 session = self._open()
+            except ssl.SSLCertVerificationError as exc:
+                raise untrusted_certificate(endpoint, exc) from exc
+            except SharedTopologyMissing as exc:
+                # The broker answers; the coordinator has not declared the exchanges yet. A
+                # hospital may wait for it as long as it takes, checking at a steady pace.
+                started, attempt = self._clock(), 0
+                events(
+                    "amqp_waiting_for_topology",
+                    level=logging.WARNING if waits == 0 else logging.DEBUG,
+                    waits=waits,
+                    error=_describe(exc),
+                )
+                waits += 1
+                self._sleep(TOPOLOGY_POLL_SECONDS)
+                continue
             except REFUSED as exc:
                 # A broker that is shutting down or booting also drops clients mid-handshake,
                 # which pika reports as these; only a refusal that persists is final.

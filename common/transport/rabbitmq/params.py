@@ -2,7 +2,9 @@
 
 The URL comes from the operator (flag or ``HEFL_BROKER_URL``) and carries the password, so next
 to the parameters this returns the endpoint without it: the only form of the URL that logs and
-error messages show. ``amqps://`` verifies the broker against the system CAs or the given CA file.
+error messages show. ``amqps://`` verifies the broker against the given CA file only (the
+deployment's private CA, ``--broker-ca``), else against the system CAs; a certificate that does
+not verify is final (``untrusted_certificate``), never retried.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from urllib.parse import quote
 
 import pika
 
-from common.errors import ConfigError
+from common.errors import ConfigError, TransportError
 
 DEFAULT_HEARTBEAT: Final = 30
 DEFAULT_CONNECT_TIMEOUT: Final = 10.0
@@ -55,3 +57,13 @@ def _endpoint(scheme: str, params: pika.URLParameters) -> str:
     user = params.credentials.username
     host = f"[{params.host}]" if ":" in params.host else params.host
     return f"{scheme}://{user}@{host}:{params.port}/{quote(params.virtual_host, safe='')}"
+
+
+def untrusted_certificate(endpoint: str, exc: ssl.SSLCertVerificationError) -> TransportError:
+    """The error for a broker whose certificate does not verify: no retry can fix it."""
+    reason = exc.verify_message or str(exc)
+    return TransportError(
+        f"RabbitMQ at {endpoint} presented a TLS certificate this client does not trust "
+        f"({reason}): pass the deployment's broker CA with --broker-ca FILE ($HEFL_BROKER_CA), "
+        "and reach the broker by a name its certificate lists"
+    )

@@ -6,6 +6,9 @@ the broker cannot route (its queue was deleted: it is declared again), is retrie
 across reconnects: a lost connection is not a failure of the message, the I/O thread just sends
 it again on the next connection. An ANNOUNCE nobody can receive yet is only a warning: hospitals
 that subscribe later say Hello and are brought up to date.
+
+Every message carries the connection's user as its ``user_id``. RabbitMQ closes the channel of a
+publisher whose ``user_id`` is not its own user, so a subscriber can trust it as the sender.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ class Publisher:
         backoff: Backoff,
         endpoint: str,
         events: Events,
+        user: str | None,
     ) -> None:
         self._topology = topology
         self._attempts = attempts
@@ -56,6 +60,7 @@ class Publisher:
             delivery_mode=pika.DeliveryMode.Persistent,
             content_type="application/octet-stream",
             app_id=topology.identity,
+            user_id=user,
         )
 
     def publish(

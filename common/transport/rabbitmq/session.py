@@ -31,14 +31,14 @@ from common.transport.rabbitmq.commands import (
 )
 from common.transport.rabbitmq.events import Events
 from common.transport.rabbitmq.publisher import Publisher
-from common.transport.rabbitmq.topology import Topology
+from common.transport.rabbitmq.topology import SharedTopologyMissing, Topology
 
 
 class ChannelLost(Exception):
     """A channel closed or a consumer was cancelled under us: treated like a lost connection."""
 
 
-DISCONNECTS: Final = (pika.exceptions.AMQPError, OSError, ChannelLost)
+DISCONNECTS: Final = (pika.exceptions.AMQPError, OSError, ChannelLost, SharedTopologyMissing)
 REFUSED: Final = (
     pika.exceptions.ProbableAuthenticationError,
     pika.exceptions.ProbableAccessDeniedError,
@@ -161,7 +161,16 @@ def _deliver(
     generation: int,
     _channel: Any,
     method: Any,
-    _properties: Any,
+    properties: Any,
     body: bytes,
 ) -> None:
-    sink.put(Delivery(topic, method.delivery_tag, body, bool(method.redelivered), generation))
+    sink.put(
+        Delivery(
+            topic,
+            method.delivery_tag,
+            body,
+            bool(method.redelivered),
+            generation,
+            user_id=properties.user_id,
+        )
+    )

@@ -1,10 +1,15 @@
 """The broker topology of one prefix and identity: names, idempotent declarations, refusals.
 
-- ``<prefix>.announce``: durable fanout exchange; ANNOUNCE is published there.
-- ``<prefix>.announce.<identity>``: a subscriber's own durable queue bound to that exchange, created
-  when it subscribes to ANNOUNCE, so a hospital keeps the announcements sent while it was away.
-- ``<prefix>.submit``: the coordinator's durable queue; SUBMIT goes there through the default
-  exchange, ``mandatory`` so that a missing queue is noticed instead of dropping the message.
+The names are ``common.transport.names``: ANNOUNCE goes to the ``<prefix>.announce`` fanout
+exchange, which every hospital's ``<prefix>.announce.<identity>`` queue is bound to (a hospital
+keeps the announcements sent while it was away); SUBMIT goes to the ``<prefix>.submit`` direct
+exchange, routed to the coordinator's queue, ``mandatory`` so that a missing queue is noticed
+instead of dropping the message.
+
+Each participant declares only what it owns, which is all its broker user may configure
+(``brokerconf``): the coordinator the two exchanges and its queue, a hospital its own queue and
+binding. A hospital only checks (passively) that the exchanges exist; until the coordinator (or
+the broker's definitions) declares them it keeps reconnecting, with a log line saying so.
 
 Declaring is idempotent and happens on every (re)connect. A broker that refuses the topology
 (access refused, or a queue of the same name declared with other arguments) will refuse it again
@@ -13,7 +18,6 @@ on every retry, so that refusal ends in a TransportError instead of a reconnect 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,12 +26,17 @@ from typing import Any, Final
 import pika
 import pika.exceptions
 
-from common.errors import ConfigError, TransportError
+from common.errors import TransportError
 from common.transport.base import ANNOUNCE, TOPICS
+from common.transport.names import COORDINATOR, Names, check_name
 from common.transport.rabbitmq.events import Events
 
-NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 FATAL_REPLY_CODES: Final = (403, 406)  # access refused, precondition failed: retrying cannot help
+NOT_FOUND: Final = 404
+
+
+class SharedTopologyMissing(Exception):
+    """An exchange the coordinator declares does not exist yet; reconnecting checks again."""
 
 
 def check_topic(topic: str) -> None:
@@ -43,21 +52,33 @@ class Topology:
     prefix: str
 
     def __post_init__(self) -> None:
-        for name, value in (("identity", self.identity), ("prefix", self.prefix)):
-            if not NAME.fullmatch(value):
-                raise ConfigError(f"{name} {value!r} must match {NAME.pattern}")
+        check_name("identity", self.identity)
+        check_name("prefix", self.prefix)
+
+    @property
+    def names(self) -> Names:
+        return Names(self.prefix)
 
     @property
     def exchange(self) -> str:
-        return f"{self.prefix}.announce"
+        return self.names.announce_exchange
+
+    @property
+    def submit_exchange(self) -> str:
+        return self.names.submit_exchange
 
     @property
     def announce_queue(self) -> str:
-        return f"{self.prefix}.announce.{self.identity}"
+        return self.names.announce_queue(self.identity)
 
     @property
     def submit_queue(self) -> str:
-        return f"{self.prefix}.submit"
+        return self.names.submit_queue
+
+    @property
+    def owns_shared(self) -> bool:
+        """True for the coordinator, which declares the exchanges and the submit queue."""
+        return self.identity == COORDINATOR
 
     def queue(self, topic: str) -> str:
         """The queue this participant consumes ``topic`` from."""
@@ -65,20 +86,36 @@ class Topology:
 
     def route(self, topic: str) -> tuple[str, str]:
         """Exchange and routing key to publish ``topic`` with."""
-        return (self.exchange, "") if topic == ANNOUNCE else ("", self.submit_queue)
+        if topic == ANNOUNCE:
+            return self.exchange, ""
+        return self.submit_exchange, self.submit_queue
 
     def declare_shared(self, channel: Any, events: Events) -> None:
-        """Declare what every participant publishes to: the announce exchange, the submit queue."""
-        channel.exchange_declare(
-            self.exchange, exchange_type=pika.exchange_type.ExchangeType.fanout, durable=True
-        )
+        """The coordinator declares the exchanges and its bound queue; others check they exist."""
+        fanout = pika.exchange_type.ExchangeType.fanout
+        direct = pika.exchange_type.ExchangeType.direct
+        if not self.owns_shared:
+            for name, kind in ((self.exchange, fanout), (self.submit_exchange, direct)):
+                try:
+                    channel.exchange_declare(name, exchange_type=kind, passive=True)
+                except pika.exceptions.ChannelClosedByBroker as exc:
+                    if exc.reply_code != NOT_FOUND:
+                        raise
+                    raise SharedTopologyMissing(
+                        f"exchange {name!r} does not exist yet: waiting for the coordinator "
+                        "(or the broker's definitions) to declare it"
+                    ) from exc
+            return
+        channel.exchange_declare(self.exchange, exchange_type=fanout, durable=True)
+        channel.exchange_declare(self.submit_exchange, exchange_type=direct, durable=True)
         channel.queue_declare(self.submit_queue, durable=True)
-        events("amqp_declared", exchange=self.exchange, queue=self.submit_queue)
+        channel.queue_bind(self.submit_queue, self.submit_exchange, routing_key=self.submit_queue)
+        events("amqp_declared", exchange=self.submit_exchange, queue=self.submit_queue)
 
     def declare_announce_queue(self, channel: Any, events: Events) -> None:
         """Declare this participant's announce queue and bind it to the exchange."""
         channel.queue_declare(self.announce_queue, durable=True)
-        channel.queue_bind(self.announce_queue, self.exchange)
+        channel.queue_bind(self.announce_queue, self.exchange, routing_key=self.announce_queue)
         events("amqp_declared", exchange=self.exchange, queue=self.announce_queue)
 
     @contextmanager
@@ -91,5 +128,5 @@ class Topology:
                 raise
             raise TransportError(
                 f"RabbitMQ at {endpoint} rejected the topology of prefix "
-                f"{self.prefix!r}: {exc.reply_text}"
+                f"{self.prefix!r} for {self.identity!r}: {exc.reply_text}"
             ) from exc

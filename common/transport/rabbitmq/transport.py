@@ -10,6 +10,14 @@ Acks: a handler that returns is acked. One that raises is logged with its traceb
 the project's handlers log and count bad input, so an exception is a bug that would fail again on
 every redelivery (a poison-message loop). A handler that never returns (process killed, transport
 closed, connection lost) leaves its message unacked and the broker redelivers it: at least once.
+
+Senders: a delivery reaches the handlers only with a ``user_id`` (which the broker checked against
+the publisher's connection), from one of the ``senders`` when they are given, and no larger than
+``max_message_bytes``. Anything else is dropped before any handler decodes it: acked, logged as
+``amqp_delivery_dropped`` and counted in ``dropped`` by reason. ``subscribe_with_sender`` handlers
+get the sender's identity with each body: its broker user, without the namespace that this
+transport's own user puts before its identity (none in a deployment, where users are named after
+the participants; tests share one broker and prefix their users).
 """
 
 from __future__ import annotations
@@ -18,12 +26,13 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Final
 
 from common.errors import ConfigError, TransportError
-from common.transport.base import Handler
+from common.transport.base import Handler, SenderHandler
 from common.transport.rabbitmq.commands import (
     Ack,
     Delivery,
@@ -43,7 +52,13 @@ from common.transport.rabbitmq.params import (
 from common.transport.rabbitmq.publisher import Publisher
 from common.transport.rabbitmq.session import Wiring
 from common.transport.rabbitmq.topology import Topology, check_topic
-from common.transport.settings import DEFAULT_BACKOFF, DEFAULT_PREFIX, Backoff, broker_url
+from common.transport.settings import (
+    DEFAULT_BACKOFF,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_PREFIX,
+    Backoff,
+    broker_url,
+)
 
 DEFAULT_PUBLISH_ATTEMPTS: Final = 5
 _STOP_POLL_SECONDS: Final = 0.1  # longest serve() waits for a delivery before asking stop()
@@ -63,17 +78,28 @@ class RabbitMQTransport:
         backoff: Backoff = DEFAULT_BACKOFF,
         publish_attempts: int = DEFAULT_PUBLISH_ATTEMPTS,
         ca_file: str | None = None,
+        senders: Mapping[str, str] | Iterable[str] | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         sleep: Callable[[float], object] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``senders``: the participants whose messages this one accepts, by identity; their
+        broker users are named like this transport's own (when its user is ``<namespace><own
+        identity>``, the user ``<namespace>hospital-1`` is ``hospital-1``; a deployment's
+        namespace is empty). A Mapping names the users explicitly: broker user -> identity.
+        None accepts every authenticated user, named by its user name without that namespace."""
         topology = Topology(identity=identity, prefix=prefix)
         if not isinstance(heartbeat, int) or heartbeat < 1:
             raise ConfigError(f"heartbeat must be a whole number of seconds >= 1, got {heartbeat}")
-        if connect_timeout <= 0 or publish_attempts < 1:
-            raise ConfigError("connect_timeout and publish_attempts must be positive")
+        if connect_timeout <= 0 or publish_attempts < 1 or max_message_bytes < 1:
+            raise ConfigError(
+                "connect_timeout, publish_attempts and max_message_bytes must be positive"
+            )
+        self.max_message_bytes = max_message_bytes
         self.identity = identity
         self.prefix = prefix
         self.exchange = topology.exchange
+        self.submit_exchange = topology.submit_exchange
         self.announce_queue = topology.announce_queue
         self.submit_queue = topology.submit_queue
         params, self.endpoint = connection_parameters(
@@ -86,14 +112,18 @@ class RabbitMQTransport:
         self._events = Events(identity)
         self._generation = Generation()
         self._lock = threading.Lock()  # guards the two fields below, read by the I/O thread
-        self._handlers: dict[str, list[Handler]] = {}
+        self._handlers: dict[str, list[SenderHandler]] = {}
         self._sink: Sink | None = None
+        self.user: str | None = getattr(params.credentials, "username", None)
+        self._namespace = _namespace(self.user, identity)
+        self.senders = _sender_map(senders, self._namespace)
         publisher = Publisher(
             topology,
             attempts=publish_attempts,
             backoff=backoff,
             endpoint=self.endpoint,
             events=self._events,
+            user=self.user,
         )
         wiring = Wiring(
             topology=topology,
@@ -105,6 +135,7 @@ class RabbitMQTransport:
         )
         self._io = IOThread(params=params, wiring=wiring, backoff=backoff, sleep=sleep, clock=clock)
         self.handler_errors = 0
+        self.dropped: Counter[str] = Counter()  # deliveries refused before any handler, by reason
 
     @property
     def reconnects(self) -> int:
@@ -127,12 +158,21 @@ class RabbitMQTransport:
     def publish(self, topic: str, body: bytes) -> None:
         """Send one persistent message; return once the broker has confirmed it."""
         check_topic(topic)
+        if len(body) > self.max_message_bytes:
+            raise TransportError(
+                f"a {topic} message of {len(body)} bytes exceeds the limit of "
+                f"{self.max_message_bytes} bytes"
+            )
         command = Publish(topic, bytes(body))
         self._io.submit(command)
         command.done.result()
 
     def subscribe(self, topic: str, handler: Handler) -> None:
         """Add a handler; on return this identity's queue exists and keeps messages for it."""
+        self.subscribe_with_sender(topic, _without_sender(handler))
+
+    def subscribe_with_sender(self, topic: str, handler: SenderHandler) -> None:
+        """Like ``subscribe``; ``handler`` also gets each message's authenticated sender."""
         check_topic(topic)
         with self._lock:
             self._handlers.setdefault(topic, []).append(handler)
@@ -191,18 +231,32 @@ class RabbitMQTransport:
         if delivery.generation != self._generation.current:
             self._events("amqp_delivery_stale", **fields, note="channel gone; broker redelivers")
             return
+        fields["bytes"] = len(delivery.body)
+        sender, refusal = self._sender(delivery)
+        if sender is None:
+            self.dropped[refusal] += 1
+            self._events(
+                "amqp_delivery_dropped",
+                level=logging.WARNING,
+                **fields,
+                reason=refusal,
+                user_id=delivery.user_id,
+                action="acked",
+            )
+            self._io.submit(Ack(delivery.tag, delivery.generation), start=False)
+            return
         self._events(
             "amqp_delivery",
             level=logging.DEBUG,
             **fields,
-            bytes=len(delivery.body),
+            sender=sender,
             redelivered=delivery.redelivered,
         )
         with self._lock:
             handlers = list(self._handlers.get(delivery.topic, ()))
         for handler in handlers:
             try:
-                handler(delivery.body)
+                handler(delivery.body, sender)
             except Exception as exc:
                 self.handler_errors += 1
                 self._events.error_with_traceback(
@@ -210,8 +264,44 @@ class RabbitMQTransport:
                 )
         self._io.submit(Ack(delivery.tag, delivery.generation), start=False)
 
+    def _sender(self, delivery: Delivery) -> tuple[str | None, str]:
+        """The delivery's sender identity, or None and why it must be dropped."""
+        if len(delivery.body) > self.max_message_bytes:
+            return None, "too_large"
+        if not delivery.user_id:
+            return None, "unauthenticated"
+        if self.senders is None:
+            return delivery.user_id.removeprefix(self._namespace) or delivery.user_id, ""
+        sender = self.senders.get(delivery.user_id)
+        return (sender, "") if sender is not None else (None, "unknown_sender")
+
     # -- read by the I/O thread ------------------------------------------------------------------
 
     def _wanted(self) -> Wanted:
         with self._lock:
             return Wanted(frozenset(self._handlers), self._sink)
+
+
+def _without_sender(handler: Handler) -> SenderHandler:
+    def call(body: bytes, _sender: str) -> None:
+        handler(body)
+
+    return call
+
+
+def _namespace(user: str | None, identity: str) -> str:
+    """What this transport's user name puts before its identity ("" when it is not so named)."""
+    return user[: -len(identity)] if user and user.endswith(identity) else ""
+
+
+def _sender_map(
+    senders: Mapping[str, str] | Iterable[str] | None, namespace: str
+) -> dict[str, str] | None:
+    """Broker user -> identity of the accepted senders."""
+    if senders is None:
+        return None
+    if isinstance(senders, str):
+        raise ConfigError("senders is a collection of participant names, not one string")
+    if isinstance(senders, Mapping):
+        return dict(senders)
+    return {namespace + name: name for name in senders}
