@@ -34,20 +34,18 @@ def peak_mb(log: str) -> float:
     return float(match.group(1))
 
 
-def measure(hospitals: int, rounds: int, hidden: int, broker_url: str) -> dict[str, float]:
+def measure(hospitals: int, rounds: int, hidden: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="hefl-bench-") as tmp:
         root = Path(tmp)
         source = harness.sample_csv(root / "sample.csv", patients=300 * hospitals, seed=3)
-        cluster = harness.ProcessCluster(
-            root=root,
-            broker_url=broker_url,
+        with harness.process_cluster(
+            root,
             hospitals=hospitals,
             rounds=rounds,
             scheme="ckks",
             model_flags=("--hidden", str(hidden), "--batch-size", "64", "--local-epochs", "1"),
-        )
-        cluster.prepare(source)
-        try:
+        ) as cluster:
+            cluster.prepare(source)
             cluster.start_coordinator()
             for name in cluster.names:
                 cluster.start_hospital(name)
@@ -60,8 +58,6 @@ def measure(hospitals: int, rounds: int, hidden: int, broker_url: str) -> dict[s
                 "peak_rss_mb": peak_mb(cluster.log("coordinator")),
                 "update_mb": update_bytes / 1e6,
             }
-        finally:
-            cluster.stop_all()
 
 
 def main() -> int:
@@ -71,9 +67,8 @@ def main() -> int:
     parser.add_argument("--counts", default="4,20")
     args = parser.parse_args()
     broker.ensure_running()
-    with broker.temporary_vhost("hefl-bench") as vhost:
-        counts = [int(n) for n in args.counts.split(",")]
-        rows = [measure(n, args.rounds, args.hidden, vhost.url) for n in counts]
+    counts = [int(n) for n in args.counts.split(",")]
+    rows = [measure(n, args.rounds, args.hidden) for n in counts]
     base = rows[0]["peak_rss_mb"]
     for row in rows:
         row["ratio_to_first"] = row["peak_rss_mb"] / base

@@ -34,16 +34,27 @@ WEIGHT_UNIT: Final = 10_000.0
 METRIC_NAMES: Final = ("auc", "accuracy", "loss")
 
 
+#: The fewest updates a round's sum may hold: with 2, each contributor learns the other's update.
+MIN_CONTRIBUTORS: Final = 3
+
+
 def weighted_payload(weights: np.ndarray, n_train: int) -> np.ndarray:
     """``[w * theta..., w]``: what a hospital encrypts (w reveals nothing beyond its ratio)."""
     w = n_train / WEIGHT_UNIT
     return np.concatenate([np.asarray(weights, dtype=np.float64) * w, [w]])
 
 
+def payload_size(n_params: int) -> int:
+    """How many values ``weighted_payload`` yields for a model of ``n_params`` parameters."""
+    return n_params + 1
+
+
 def average_from_sum(total: np.ndarray, n_params: int) -> np.ndarray:
     """Divide the decrypted sum of weighted models by the decrypted sum of weights."""
-    if total.shape != (n_params + 1,):
-        raise ProtocolError(f"aggregate holds {total.shape[0]} values, expected {n_params + 1}")
+    if total.shape != (payload_size(n_params),):
+        raise ProtocolError(
+            f"aggregate holds {total.shape[0]} values, expected {payload_size(n_params)}"
+        )
     weight = float(total[-1])
     if not np.isfinite(weight) or weight <= 0:
         raise ProtocolError(f"aggregate weight {weight} is not positive")

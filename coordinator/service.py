@@ -2,8 +2,19 @@
 
 It holds public HE material only. Each accepted submission is added into the round's running
 sum as it arrives and then dropped, so memory grows with the model, not with the number of
-hospitals. State is persisted in the store after every transition, so a restarted coordinator
-resumes at the same round by re-adding the blobs it had already accepted.
+hospitals.
+
+Nothing a hospital writes is trusted beyond what its signature covers. An update blob is read
+only after the signed message naming it passed the round rules; its size is bounded before it is
+read, and its header (kind, summands, value count, run, round, sender) must match the plan and
+that message before its payload is touched.
+
+State lives in the coordinator's private state store (``state_store``: a folder only it can
+write), signed with its own key after every transition, with each accepted entry's signed
+message inside; a restarted coordinator checks its signature, re-verifies every entry with the
+hospital's key and re-adds the blobs. The operator's summary (per-hospital metrics) is there too;
+the shared store gets only the aggregates and a public summary of aggregate metrics. Rejection
+counters are saved in batches, so a flood of garbage costs no write per message.
 """
 
 from __future__ import annotations
@@ -14,11 +25,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from common.crypto import Aggregator, RunningSum
-from common.errors import HeflError, ProtocolError
+from common.crypto import AGGREGATE, Aggregator, Binding, BlobHeader, RunningSum
+from common.crypto.blob import COORDINATOR_SENDER
+from common.errors import BlobTooLargeError, HeflError, ProtocolError, StoreError
 from common.logs import log_event
 from common.protocol import layout
 from common.protocol.messages import (
+    FOLLOW_RUN,
     FinalReport,
     Hello,
     Message,
@@ -35,6 +48,11 @@ from coordinator import state as sm
 
 logger = logging.getLogger("hefl.coordinator")
 
+#: Rejection counters alone are saved at most this often (any transition saves them at once).
+REJECTION_SAVE_SECONDS = 5.0
+#: Largest signed state the coordinator reads back.
+MAX_STATE_BYTES = 64 << 20
+
 
 ProgressCallback = Callable[[sm.RoundRecord, sm.RunState], None]
 
@@ -48,29 +66,42 @@ class Coordinator:
         *,
         transport: Transport,
         store: Store,
+        state_store: Store,
         aggregator: Aggregator,
         codec: MessageCodec,
         clock: Callable[[], float] = time.time,
         on_progress: ProgressCallback | None = None,
+        keep_updates: bool = False,
     ) -> None:
+        if state_store is store:
+            raise ProtocolError(
+                "the coordinator's state store must not be the shared store: hospitals can write "
+                "there, and it holds per-hospital metrics"
+            )
         self.plan = plan
         self._codec = codec
         self._transport = transport
         self._store = store
+        self._state_store = state_store
         self._aggregator = aggregator
         self._clock = clock
         self._on_progress = on_progress
+        self._keep_updates = keep_updates
+        self._max_blob = aggregator.spec.max_blob_bytes(plan.value_count)
         self._sum: RunningSum = aggregator.new_sum()
+        self._hello_at: dict[str, float] = {}
+        self._unsaved_rejections = False
+        self._saved_at = -float("inf")
         self.state = sm.new_run(plan, clock())
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     def start(self) -> None:
         """Subscribe, resume persisted state if any, and (re)announce the current round."""
-        self._transport.subscribe(SUBMIT, self.handle)
+        self._transport.subscribe_with_sender(SUBMIT, self.handle)
         key = layout.state_key(self.plan.run)
-        if self._store.exists(key):
-            self.state = sm.from_json(self._store.get(key))
+        if self._state_store.exists(key):
+            self.state = self._load_state(key)
             self._rebuild_sum()
             self._log("run_resumed", phase=self.state.phase)
         else:
@@ -85,6 +116,8 @@ class Coordinator:
     def tick(self) -> None:
         """Act on deadlines; call periodically (the embedded loop calls it after each delivery)."""
         now = self._clock()
+        if self._unsaved_rejections and now - self._saved_at >= REJECTION_SAVE_SECONDS:
+            self._persist()
         if self.state.phase == "round":
             decision = sm.round_decision(self.plan, self.state, now)
             if decision == "close":
@@ -103,8 +136,9 @@ class Coordinator:
 
     # -- messages --------------------------------------------------------------------------------
 
-    def handle(self, body: bytes) -> None:
-        """Handle one submission-topic message; bad input is counted and logged, never raised."""
+    def handle(self, body: bytes, sender: str) -> None:
+        """Handle one submission-topic message from ``sender`` (the participant the transport
+        authenticated); bad input is counted and logged, never raised."""
         try:
             message = self._codec.decode(body)
         except SignatureError as exc:
@@ -113,15 +147,21 @@ class Coordinator:
         except ProtocolError as exc:
             self._reject("malformed", str(exc))
             return
+        speaker = getattr(message, "hospital", None)
+        if speaker != sender:
+            # Signed by the hospital it names, but sent over another participant's connection:
+            # a relayed or replayed message. Only a site's own login may speak for it.
+            self._reject("sender-mismatch", f"{sender} sent a message of {speaker}")
+            return
         try:
-            self._dispatch(message)
+            self._dispatch(message, body)
         except HeflError as exc:
             self._reject(type(exc).__name__, str(exc))
         self.tick()
 
-    def _dispatch(self, message: Message) -> None:
+    def _dispatch(self, message: Message, body: bytes) -> None:
         if isinstance(message, UpdateSubmitted):
-            self._on_update(message)
+            self._on_update(message, body)
         elif isinstance(message, UpdateFailed):
             self._on_failed(message)
         elif isinstance(message, FinalReport):
@@ -132,17 +172,31 @@ class Coordinator:
             )
             self._persist()
         elif isinstance(message, Hello):
-            self._log("hello", hospital=message.hospital)
-            if message.run == self.plan.run and message.hospital in self.plan.hospitals:
-                joined = sm.with_hello(self.state, message.hospital)
-                if joined is not self.state:  # with_hello returns its argument when nothing changes
-                    self.state = joined
-                    self._persist()
-                self._announce()
+            self._on_hello(message)
         else:
             raise ProtocolError(f"{type(message).__name__} is not for the coordinator")
 
-    def _on_update(self, msg: UpdateSubmitted) -> None:
+    def _on_hello(self, msg: Hello) -> None:
+        if msg.run not in (self.plan.run, FOLLOW_RUN) or msg.hospital not in self.plan.hospitals:
+            self._reject("other-run", f"hello from {msg.hospital} for run {msg.run}")
+            return
+        now = self._clock()
+        if now - self._hello_at.get(msg.hospital, -float("inf")) < self.plan.hello_interval:
+            # A re-announcement goes to every hospital: a chatty one must not flood them.
+            self._reject(
+                "hello-rate",
+                f"{msg.hospital} said hello again within {self.plan.hello_interval:g} s",
+            )
+            return
+        self._hello_at[msg.hospital] = now
+        self._log("hello", hospital=msg.hospital)
+        joined = sm.with_hello(self.state, msg.hospital)
+        if joined is not self.state:  # with_hello returns its argument when nothing changes
+            self.state = joined
+            self._persist()
+        self._announce()
+
+    def _on_update(self, msg: UpdateSubmitted, envelope: bytes) -> None:
         reason = sm.judge_submission(self.plan, self.state, msg.run, msg.round, msg.hospital)
         if reason == "duplicate" and any(
             a.hospital == msg.hospital and a.sha256 == msg.sha256 for a in self.state.accepted
@@ -156,7 +210,15 @@ class Coordinator:
         if msg.blob_ref != layout.update_key(msg.run, msg.round, msg.hospital):
             self._reject("bad-ref", f"{msg.hospital} named blob {msg.blob_ref}")
             return
-        blob = get_verified(self._store, msg.blob_ref, msg.sha256)
+        try:
+            blob = get_verified(self._store, msg.blob_ref, msg.sha256, max_bytes=self._max_blob)
+        except BlobTooLargeError as exc:
+            self._refuse_blob(msg, "blob-size", str(exc))
+            return
+        reason = self._judge_header(self._aggregator.spec.header(blob), msg)
+        if reason:
+            self._refuse_blob(msg, reason, f"{msg.hospital}'s blob {msg.blob_ref}")
+            return
         self._sum.add(blob)
         entry = sm.Accepted(
             hospital=msg.hospital,
@@ -164,10 +226,30 @@ class Coordinator:
             sha256=msg.sha256,
             size=len(blob),
             metrics=dict(msg.metrics),
+            envelope=envelope.decode(),
         )
         self.state = sm.with_accepted(self.state, entry)
         self._persist()
         self._log("update_accepted", hospital=msg.hospital, bytes=len(blob))
+
+    def _refuse_blob(self, msg: UpdateSubmitted, reason: str, detail: str) -> None:
+        """The hospital signed a submission of a blob that can never count: its answer to this
+        round is a failure, so the round does not wait for it until the deadline."""
+        self._reject(reason, f"{detail} for round {msg.round}")
+        self.state = sm.with_failed(self.state, msg.hospital)
+        self._persist()
+
+    def _judge_header(self, header: BlobHeader, msg: UpdateSubmitted) -> str:
+        return sm.judge_blob(
+            self.plan,
+            kind=header.kind,
+            summands=header.summands,
+            value_count=header.value_count,
+            binding=(header.run, header.round, header.sender),
+            run=msg.run,
+            round_=msg.round,
+            hospital=msg.hospital,
+        )
 
     def _on_failed(self, msg: UpdateFailed) -> None:
         reason = sm.judge_submission(self.plan, self.state, msg.run, msg.round, msg.hospital)
@@ -181,10 +263,12 @@ class Coordinator:
     # -- transitions -----------------------------------------------------------------------------
 
     def _close_round(self, now: float) -> None:
-        aggregate = self._sum.to_blob()
-        key = layout.aggregate_key(self.plan.run, self.state.round)
-        self._store.put(key, aggregate)
         closed = self.state.round
+        binding = Binding(run=self.plan.run, round=closed, sender=COORDINATOR_SENDER)
+        aggregate = self._sum.to_blob(AGGREGATE, binding)
+        key = layout.aggregate_key(self.plan.run, closed)
+        self._store.put(key, aggregate)
+        contributed = [entry.blob_ref for entry in self.state.accepted]
         self.state = sm.close_round(
             self.plan,
             self.state,
@@ -194,6 +278,10 @@ class Coordinator:
         )
         self._sum = self._aggregator.new_sum()
         self._persist()
+        self._write_public_summary()
+        if not self._keep_updates:  # the aggregate and the state naming it are durable now
+            for ref in contributed:
+                self._store.delete(ref)
         record = self.state.history[-1]
         self._log(
             "round_closed",
@@ -244,14 +332,46 @@ class Coordinator:
 
     # -- persistence and reporting ---------------------------------------------------------------
 
+    def _load_state(self, key: str) -> sm.RunState:
+        where = f"{key} in {self._state_store!r}"
+        try:
+            body = self._codec.open_state(self._state_store.get(key, max_bytes=MAX_STATE_BYTES))
+        except (SignatureError, StoreError) as exc:
+            raise ProtocolError(
+                f"refusing to resume from the coordinator state {where}: {exc}. Move it away to "
+                "start the run afresh"
+            ) from exc
+        state = sm.from_json(body)
+        if state.run != self.plan.run:
+            raise ProtocolError(f"the coordinator state {where} is of run {state.run}")
+        return state
+
     def _rebuild_sum(self) -> None:
-        """After a restart, re-add the blobs this round had already accepted."""
+        """After a restart, re-add the blobs this round had already accepted, each only after
+        its hospital's signed message is verified again and still names it."""
         self._sum = self._aggregator.new_sum()
         for entry in self.state.accepted:
-            self._sum.add(get_verified(self._store, entry.blob_ref, entry.sha256))
+            message = self._codec.decode(entry.envelope.encode())
+            if not (
+                isinstance(message, UpdateSubmitted)
+                and (message.run, message.round, message.hospital)
+                == (self.plan.run, self.state.round, entry.hospital)
+                and (message.blob_ref, message.sha256) == (entry.blob_ref, entry.sha256)
+            ):
+                raise ProtocolError(
+                    f"coordinator state: the accepted entry of {entry.hospital} does not match "
+                    "the signed submission it carries"
+                )
+            blob = get_verified(self._store, entry.blob_ref, entry.sha256, max_bytes=self._max_blob)
+            if self._judge_header(self._aggregator.spec.header(blob), message):
+                raise ProtocolError(f"coordinator state: {entry.blob_ref} no longer fits its round")
+            self._sum.add(blob)
 
     def _persist(self) -> None:
-        self._store.put(layout.state_key(self.plan.run), sm.to_json(self.state))
+        body = self._codec.seal_state(sm.to_json(self.state))
+        self._state_store.put(layout.state_key(self.plan.run), body)
+        self._unsaved_rejections = False
+        self._saved_at = self._clock()
 
     def summary(self) -> dict[str, Any]:
         """Metrics, timings and bytes moved: everything the coordinator may say in plaintext."""
@@ -276,9 +396,32 @@ class Coordinator:
             "rejected": dict(self.state.rejected),
         }
 
+    def public_summary(self) -> dict[str, Any]:
+        """What hospitals may read: per round, the contributor count and aggregate metrics."""
+        return {
+            "run": self.plan.run,
+            "phase": self.state.phase,
+            "rounds": [
+                {
+                    "round": r.round,
+                    "contributors": len(r.accepted),
+                    "seconds": r.seconds,
+                    "train_loss": r.train_loss,
+                    "holdout_metrics_mean": r.model_metrics,
+                    "aggregate": r.aggregate_ref,
+                }
+                for r in self.state.history
+            ],
+        }
+
     def _write_summary(self) -> None:
         body = json.dumps(self.summary(), indent=1, allow_nan=False, default=str).encode()
-        self._store.put(layout.summary_key(self.plan.run), body)
+        self._state_store.put(layout.summary_key(self.plan.run), body)
+        self._write_public_summary()
+
+    def _write_public_summary(self) -> None:
+        body = json.dumps(self.public_summary(), indent=1, allow_nan=False, default=str).encode()
+        self._store.put(layout.public_summary_key(self.plan.run), body)
 
     def _report_progress(self, record: sm.RoundRecord) -> None:
         if self._on_progress is not None:
@@ -286,7 +429,7 @@ class Coordinator:
 
     def _reject(self, reason: str, detail: str) -> None:
         self.state = sm.with_rejection(self.state, reason)
-        self._persist()  # counters survive a restart, and operators can watch them in the store
+        self._unsaved_rejections = True  # saved by the next transition or tick, not per message
         self._log("message_rejected", level=logging.WARNING, reason=reason, detail=detail)
 
     def _log(self, event: str, *, level: int = logging.INFO, **fields: object) -> None:

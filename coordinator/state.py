@@ -24,11 +24,14 @@ from typing import Annotated, Final, Literal
 import pydantic
 from pydantic import AfterValidator, AllowInfNan, ConfigDict, TypeAdapter, with_config
 
+from common.crypto.cipher import UPDATE
 from common.errors import ConfigError, ProtocolError
-from common.fedavg import finite_metrics, mean_metrics
+from common.fedavg import MIN_CONTRIBUTORS, finite_metrics, mean_metrics
 from common.validation import dotted_path, explain, missing_field
 
 Phase = Literal["round", "final", "done", "failed"]
+#: A hospital's Hellos re-announce the round at most once per this many seconds.
+DEFAULT_HELLO_INTERVAL: Final = 10.0
 
 
 def _not_infinite(value: float) -> float:
@@ -54,7 +57,9 @@ class RunPlan:
     round_timeout: float
     final_timeout: float
     config_digest: str
+    value_count: int  # reals in every update blob (the model's parameters and the weight)
     expected_hospitals: int | None = None  # round 1 waits for this many (None: all)
+    hello_interval: float = DEFAULT_HELLO_INTERVAL
 
     @property
     def expected(self) -> int:
@@ -65,10 +70,21 @@ class RunPlan:
             raise ConfigError(f"rounds must be >= 1, got {self.rounds}")
         if not self.hospitals or len(set(self.hospitals)) != len(self.hospitals):
             raise ConfigError(f"hospitals must be distinct and non-empty: {self.hospitals}")
-        if not 1 <= self.min_hospitals <= len(self.hospitals):
+        if len(self.hospitals) < MIN_CONTRIBUTORS:
             raise ConfigError(
-                f"min_hospitals must be within 1..{len(self.hospitals)}, got {self.min_hospitals}"
+                f"a run needs at least {MIN_CONTRIBUTORS} hospitals, got {len(self.hospitals)}: "
+                "with 2, each would learn the other's update from the sum"
             )
+        if not MIN_CONTRIBUTORS <= self.min_hospitals <= len(self.hospitals):
+            raise ConfigError(
+                f"min_hospitals must be within {MIN_CONTRIBUTORS}..{len(self.hospitals)} "
+                f"(a round never closes with fewer than {MIN_CONTRIBUTORS}), "
+                f"got {self.min_hospitals}"
+            )
+        if not isinstance(self.value_count, int) or self.value_count < 2:
+            raise ConfigError(f"value_count must be a whole number >= 2, got {self.value_count}")
+        if not (math.isfinite(self.hello_interval) and self.hello_interval >= 0):
+            raise ConfigError(f"hello_interval must be >= 0 seconds, got {self.hello_interval}")
         if not 1 <= self.expected <= len(self.hospitals):
             raise ConfigError(
                 f"expected_hospitals must be within 1..{len(self.hospitals)}, got {self.expected}"
@@ -82,11 +98,15 @@ class RunPlan:
 @with_config(_PERSISTED)
 @dataclass(frozen=True, kw_only=True)
 class Accepted:
+    """An accepted submission; ``envelope`` is the hospital's signed message, so a resumed
+    coordinator re-verifies every entry with the hospital's own key before re-adding its blob."""
+
     hospital: str
     blob_ref: str
     sha256: str
     size: int
     metrics: Metrics
+    envelope: str
 
 
 @with_config(_PERSISTED)
@@ -157,6 +177,30 @@ def judge_submission(plan: RunPlan, state: RunState, run: str, round_: int, hosp
         return "future-round"
     if hospital in state.accepted_hospitals or hospital in state.failed:
         return "duplicate"
+    return ""
+
+
+def judge_blob(
+    plan: RunPlan,
+    *,
+    kind: str,
+    summands: int,
+    value_count: int,
+    binding: tuple[str, int, str],
+    run: str,
+    round_: int,
+    hospital: str,
+) -> str:
+    """Return "" when an update blob's header fits the plan and the signed message naming it,
+    or the reason to reject it (its payload is then never read)."""
+    if kind != UPDATE:
+        return "blob-kind"
+    if summands != 1:
+        return "blob-summands"
+    if value_count != plan.value_count:
+        return "blob-values"
+    if binding != (run, round_, hospital):
+        return "blob-binding"
     return ""
 
 

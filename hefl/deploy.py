@@ -7,6 +7,7 @@ here as a validated value from ``hefl.cli``.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import resource
@@ -25,11 +26,14 @@ from common.crypto import (
 )
 from common.data import FeatureEncoder, load_local_data, load_schema
 from common.data.partition import DEFAULT_TEST_FRACTION
-from common.errors import HeflError
+from common.errors import ConfigError, HeflError
+from common.fedavg import payload_size
 from common.logs import log_event
-from common.model import ModelConfig, initial_weights
-from common.protocol.runconfig import run_config_digest
-from common.protocol.signing import COORDINATOR
+from common.model import ModelConfig, initial_weights, parameter_count
+from common.protocol import layout as store_layout
+from common.protocol.runconfig import new_run_id, run_config_digest
+from common.protocol.signing import COORDINATOR, MessageCodec
+from common.store import LocalStore
 from common.store.url import open_store
 from common.transport.rabbitmq import RabbitMQTransport
 from coordinator.service import Coordinator
@@ -45,12 +49,17 @@ logger = logging.getLogger("hefl.deploy")
 class RunSettings:
     """What coordinator and hospitals must agree on (their digest is announced every round)."""
 
-    run: str
+    run: str | None  # None: the coordinator picks (resume_or_new_run), hospitals follow it
     rounds: int
     seed: int
     schema: str
     model: ModelConfig
     test_fraction: float = DEFAULT_TEST_FRACTION
+
+    def value_count(self) -> int:
+        """Reals in every update blob: the model's parameters and the FedAvg weight."""
+        n_features = FeatureEncoder(load_schema(self.schema)).n_features
+        return payload_size(parameter_count(self.model, n_features))
 
     def digest(self, he: HEConfig) -> str:
         encoder = FeatureEncoder(load_schema(self.schema))
@@ -70,6 +79,17 @@ class Endpoints:
     store: str
     broker: str
     prefix: str = "hefl"
+    broker_ca: Path | None = None  # the private CA of an amqps:// broker (the key ceremony's)
+
+    def transport(self, identity: str, senders: tuple[str, ...]) -> RabbitMQTransport:
+        """``identity``'s broker connection, accepting messages only from ``senders``."""
+        return RabbitMQTransport(
+            url=self.broker,
+            identity=identity,
+            prefix=self.prefix,
+            ca_file=None if self.broker_ca is None else str(self.broker_ca),
+            senders=senders,
+        )
 
 
 def _stop_on_signals(flag: threading.Event) -> None:
@@ -91,6 +111,26 @@ def progress_line(record: RoundRecord, state: RunState, total: int) -> str:
     )
 
 
+def resume_or_new_run(state_store: LocalStore, codec: MessageCodec) -> str:
+    """The one unfinished run this coordinator signed in its state folder, else a new run id."""
+    unfinished = []
+    for key in state_store.list(store_layout.RUNS_PREFIX):
+        if key.endswith("/" + store_layout.STATE_FILE):
+            try:
+                state = json.loads(codec.open_state(state_store.get(key)))
+            except (HeflError, ValueError) as exc:
+                log_event(logger, "state_skipped", level=logging.WARNING, key=key, error=exc)
+                continue
+            if state.get("phase") in ("round", "final"):
+                unfinished.append(str(state.get("run")))
+    if len(unfinished) > 1:
+        raise ConfigError(
+            f"{len(unfinished)} unfinished runs in {state_store.root} ({', '.join(unfinished)}): "
+            "pass --run to choose one"
+        )
+    return unfinished[0] if unfinished else new_run_id()
+
+
 def run_coordinator(
     settings: RunSettings,
     endpoints: Endpoints,
@@ -100,14 +140,19 @@ def run_coordinator(
     expect_hospitals: int | None = None,
     round_timeout: float,
     final_timeout: float,
+    state_dir: Path,
+    keep_updates: bool = False,
 ) -> int:
     """Run (or resume) one federated run to its end; 0 when done, 1 when it failed."""
     layout = KeyLayout(endpoints.keys)
     bundle = load_coordinator_bundle(layout.he_coordinator)
     codec = layout.codec(COORDINATOR)
     names = participants or codec.trust.hospitals
+    state_store = LocalStore(state_dir)
+    run = settings.run or resume_or_new_run(state_store, codec)
+    print(f"coordinator: run {run} (state in {state_dir})", flush=True)
     plan = RunPlan(
-        run=settings.run,
+        run=run,
         rounds=settings.rounds,
         hospitals=tuple(names),
         min_hospitals=min_hospitals or len(names),
@@ -115,18 +160,19 @@ def run_coordinator(
         round_timeout=round_timeout,
         final_timeout=final_timeout,
         config_digest=settings.digest(bundle.manifest.config),
+        value_count=settings.value_count(),
     )
     stop = threading.Event()
     _stop_on_signals(stop)
-    transport = RabbitMQTransport(
-        url=endpoints.broker, identity=COORDINATOR, prefix=endpoints.prefix
-    )
+    transport = endpoints.transport(COORDINATOR, senders=plan.hospitals)
     try:
         coordinator = Coordinator(
             plan,
             transport=transport,
             store=open_store(endpoints.store),
+            state_store=state_store,
             aggregator=open_aggregator(layout.he_coordinator),
+            keep_updates=keep_updates,
             codec=codec,
             on_progress=lambda record, state: print(
                 progress_line(record, state, plan.rounds), flush=True
@@ -177,7 +223,7 @@ def run_hospital(
     n_features = data.x_train.shape[1]
     stop = threading.Event()
     _stop_on_signals(stop)
-    transport = RabbitMQTransport(url=endpoints.broker, identity=name, prefix=endpoints.prefix)
+    transport = endpoints.transport(name, senders=(COORDINATOR,))
     try:
         hospital = Hospital(
             name,
@@ -194,7 +240,13 @@ def run_hospital(
             out_dir=out,
         )
         hospital.start(hello=True)
-        log_event(logger, "hospital_ready", run=settings.run, hospital=name, rows=len(data.y_train))
+        log_event(
+            logger,
+            "hospital_ready",
+            run=settings.run or "(following the coordinator)",
+            hospital=name,
+            rows=len(data.y_train),
+        )
         transport.serve(
             stop=lambda: (
                 hospital.final_weights is not None or hospital.error is not None or stop.is_set()

@@ -23,11 +23,12 @@ from common.data import FeatureEncoder, Schema, encode_local, load_schema, parti
 from common.data.local import LocalData
 from common.data.partition import DEFAULT_TEST_FRACTION, Method
 from common.errors import ConfigError, HeflError
-from common.model import ModelConfig, initial_weights
+from common.fedavg import payload_size
+from common.model import ModelConfig, initial_weights, parameter_count
 from common.protocol import layout
 from common.protocol.runconfig import hospital_names, run_config_digest
 from common.protocol.signing import MessageCodec, generate_identities
-from common.store import LocalStore, Store
+from common.store import InMemoryStore, LocalStore, Store
 from common.transport import InMemoryTransport
 from coordinator.service import Coordinator
 from coordinator.state import RoundRecord, RunPlan, RunState
@@ -177,12 +178,14 @@ def run_federated(
         round_timeout=3600.0,
         final_timeout=600.0,
         config_digest=digest,
+        value_count=payload_size(parameter_count(config.model, cohort.n_features)),
     )
     identities, trust = generate_identities(list(cohort.names))
     coordinator = Coordinator(
         plan,
-        transport=transport,
+        transport=transport.participant("coordinator"),
         store=store,
+        state_store=InMemoryStore(),  # an embedded run never resumes
         aggregator=aggregator,
         codec=MessageCodec(identities["coordinator"], trust),
         on_progress=on_progress,
@@ -195,7 +198,7 @@ def run_federated(
             data=data,
             trainer=trainer_for(config.model, cohort.n_features),
             cipher=cipher_for(name),
-            transport=transport,
+            transport=transport.participant(name),
             store=store,
             codec=MessageCodec(identities[name], trust),
             initial_weights=start_weights,

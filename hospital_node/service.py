@@ -15,14 +15,22 @@ from pathlib import Path
 
 import numpy as np
 
-from common.crypto import Cipher
+from common.crypto import AGGREGATE, Binding, Cipher
+from common.crypto.blob import COORDINATOR_SENDER
 from common.data.local import LocalData
 from common.errors import HeflError, ProtocolError, TrainingError
-from common.fedavg import average_from_sum, training_seed, weighted_payload
+from common.fedavg import (
+    MIN_CONTRIBUTORS,
+    average_from_sum,
+    payload_size,
+    training_seed,
+    weighted_payload,
+)
 from common.logs import log_event
 from common.metrics import Metrics
 from common.protocol import layout
 from common.protocol.messages import (
+    FOLLOW_RUN,
     FinalReport,
     Hello,
     RoundStarted,
@@ -46,7 +54,7 @@ class Hospital:
         self,
         hospital: str,
         *,
-        run: str,
+        run: str | None,
         data: LocalData,
         trainer: Trainer,
         cipher: Cipher,
@@ -60,7 +68,9 @@ class Hospital:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.hospital = hospital
-        self.run = run
+        # None: follow the run the coordinator announces (the first signed RoundStarted of this
+        # run's configuration whose deadline is ahead); a replayed one of an old run has expired.
+        self.run = run or ""
         self._data = data
         self._trainer = trainer
         self._cipher = cipher
@@ -84,7 +94,8 @@ class Hospital:
         self._transport.subscribe(ANNOUNCE, self.handle)
         if hello:
             self._transport.publish(
-                SUBMIT, self._codec.encode(Hello(run=self.run, hospital=self.hospital))
+                SUBMIT,
+                self._codec.encode(Hello(run=self.run or FOLLOW_RUN, hospital=self.hospital)),
             )
 
     def handle(self, body: bytes) -> None:
@@ -95,6 +106,8 @@ class Hospital:
             self.rejected[reason] = self.rejected.get(reason, 0) + 1
             self._log("message_rejected", level=logging.WARNING, reason=reason, detail=exc)
             return
+        if not self.run and isinstance(message, RoundStarted):
+            self._follow(message)
         if getattr(message, "run", None) != self.run:
             return
         if isinstance(message, RoundStarted):
@@ -105,11 +118,32 @@ class Hospital:
             self._log("run_aborted", level=logging.ERROR, reason=message.reason)
             self.error = ProtocolError(f"the coordinator aborted run {self.run}: {message.reason}")
 
-    def _global_weights(self, ref: str | None, sha256: str | None) -> np.ndarray:
+    def _follow(self, msg: RoundStarted) -> None:
+        if msg.config_digest == self._config_digest and msg.deadline > self._clock():
+            self.run = msg.run
+            self._log("run_followed", round=msg.round)
+
+    def _global_weights(self, ref: str | None, sha256: str | None, round_: int) -> np.ndarray:
+        """The model the coordinator's aggregate of ``round_`` holds (round 0: initial weights).
+
+        The aggregate's header must say it is the coordinator's sum of round ``round_`` of this
+        run, over at least ``MIN_CONTRIBUTORS`` updates, before it is decrypted."""
         if ref is None or sha256 is None:
             return self._initial
-        total = self._cipher.decrypt(get_verified(self._store, ref, sha256))
-        return average_from_sum(total, self._initial.shape[0])
+        values = payload_size(self._initial.shape[0])
+        spec = self._cipher.spec
+        blob = get_verified(self._store, ref, sha256, max_bytes=spec.max_blob_bytes(values))
+        header = spec.header(blob)
+        expected = Binding(run=self.run, round=round_, sender=COORDINATOR_SENDER)
+        if header.kind != AGGREGATE or header.binding != expected:
+            raise ProtocolError(
+                f"{ref} is a {header.kind} of {header.binding}, not the aggregate of {expected}"
+            )
+        if header.summands < MIN_CONTRIBUTORS:
+            raise ProtocolError(
+                f"{ref} sums {header.summands} updates; an aggregate needs {MIN_CONTRIBUTORS}"
+            )
+        return average_from_sum(self._cipher.decrypt(blob), self._initial.shape[0])
 
     def _on_round(self, msg: RoundStarted) -> None:
         if msg.round in self._answered:
@@ -141,13 +175,14 @@ class Hospital:
                 f"run configuration differs from this hospital's (digest {msg.config_digest[:12]} "
                 f"!= {self._config_digest[:12]}): check model, HE and schema settings"
             )
-        weights = self._global_weights(msg.global_ref, msg.global_sha256)
+        weights = self._global_weights(msg.global_ref, msg.global_sha256, msg.round - 1)
         d = self._data
         held_out = self._trainer.evaluate(weights, d.x_test, d.y_test)
         fit = self._trainer.fit(
             weights, d.x_train, d.y_train, seed=training_seed(self._seed, msg.round, self.hospital)
         )
-        blob = self._cipher.encrypt(weighted_payload(fit.weights, fit.n))
+        binding = Binding(run=self.run, round=msg.round, sender=self.hospital)
+        blob = self._cipher.encrypt(weighted_payload(fit.weights, fit.n), binding=binding)
         key = layout.update_key(self.run, msg.round, self.hospital)
         self._store.put(key, blob)
         metrics = {
@@ -171,7 +206,7 @@ class Hospital:
         if self.final_weights is not None:
             return
         try:
-            weights = self._global_weights(msg.final_ref, msg.final_sha256)
+            weights = self._global_weights(msg.final_ref, msg.final_sha256, msg.rounds)
             metrics = self._trainer.evaluate(weights, self._data.x_test, self._data.y_test)
             if self._out_dir is not None:
                 path = self._out_dir / self.hospital / "final_model.keras"

@@ -1,8 +1,10 @@
 """Test harness for the distributed deployment: real `hefl` processes on a real RabbitMQ broker.
 
 A ``ProcessCluster`` prepares hospital CSVs (``hefl partition``), key material (``hefl keygen``)
-and a store folder, then starts and kills ``hefl coordinator`` / ``hefl hospital`` processes.
-Progress is read from the coordinator's persisted state in the store, as an operator would.
+and a store folder, then starts and kills ``hefl coordinator`` / ``hefl hospital`` processes,
+each logged in to the broker as its own user (``process_cluster`` makes them on a throw-away
+virtual host). Progress is read from the coordinator's persisted state in its state folder, as
+its operator would.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,8 @@ import pandas as pd
 
 from common.data.sources import DEFAULT_DATASET
 from common.protocol import layout
+from common.protocol.runconfig import hospital_names
+from testkit.broker import Site, temporary_site
 
 BIN = Path(sys.executable).parent / "hefl"
 DATA = DEFAULT_DATASET
@@ -41,17 +46,34 @@ def sample_csv(path: Path, patients: int, seed: int = 5, *, source: Path = DATA)
     return path
 
 
+def read_signed_state(path: Path) -> dict[str, Any] | None:
+    """The coordinator's persisted state (the body of its signed envelope), None until written.
+
+    Tests only look: the coordinator itself checks the signature when it resumes."""
+    try:
+        return json.loads(json.loads(path.read_text())["state"])
+    except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError):
+        return None
+
+
 @dataclass
 class ProcessCluster:
     root: Path
-    broker_url: str
+    site: Site  # one broker user per participant
     hospitals: int
     rounds: int
     scheme: str = "bfv"
     run: str = "run-1"
-    prefix: str = field(default_factory=lambda: f"hefl-test-{uuid.uuid4().hex[:8]}")
     model_flags: tuple[str, ...] = MODEL_FLAGS
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def prefix(self) -> str:
+        return self.site.plan.prefix
+
+    def broker_url(self, identity: str) -> str:
+        """``identity``'s own broker login."""
+        return self.site.url(identity)
 
     @property
     def keys(self) -> Path:
@@ -60,6 +82,10 @@ class ProcessCluster:
     @property
     def store(self) -> Path:
         return self.root / "store"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / "coordinator-state"
 
     @property
     def names(self) -> list[str]:
@@ -93,7 +119,7 @@ class ProcessCluster:
             raise AssertionError(f"hefl {' '.join(args)} failed:\n{result.stderr[-3000:]}")
         return result.stdout
 
-    def _common(self) -> list[str]:
+    def _common(self, identity: str) -> list[str]:
         return [
             "--run",
             self.run,
@@ -102,7 +128,7 @@ class ProcessCluster:
             "--store",
             str(self.store),
             "--broker",
-            self.broker_url,
+            self.broker_url(identity),
             "--prefix",
             self.prefix,
             "--rounds",
@@ -126,7 +152,9 @@ class ProcessCluster:
         return process
 
     def start_coordinator(self, *extra: str) -> subprocess.Popen[bytes]:
-        return self._spawn("coordinator", ["coordinator", *self._common(), *extra])
+        args = ["coordinator", *self._common("coordinator"), "--state-dir", str(self.state_dir)]
+        args.extend(extra)
+        return self._spawn("coordinator", args)
 
     def start_hospital(self, name: str) -> subprocess.Popen[bytes]:
         shard = self.root / "shards" / f"{name}.csv"
@@ -134,7 +162,7 @@ class ProcessCluster:
             name,
             [
                 "hospital",
-                *self._common(),
+                *self._common(name),
                 "--hospital",
                 name,
                 "--csv",
@@ -154,11 +182,7 @@ class ProcessCluster:
         os.killpg(self.processes[label].pid, sig)
 
     def state(self) -> dict[str, Any] | None:
-        path = self.store / layout.state_key(self.run)
-        try:
-            return json.loads(path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
+        return read_signed_state(self.state_dir / layout.state_key(self.run))
 
     def wait_for(
         self, condition: Callable[[dict[str, Any]], bool], *, timeout: float, what: str
@@ -212,3 +236,20 @@ class ProcessCluster:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=30)
+
+
+@contextmanager
+def process_cluster(
+    root: Path, *, hospitals: int, rounds: int, **options: Any
+) -> Iterator[ProcessCluster]:
+    """A ``ProcessCluster`` with its broker users on a throw-away virtual host; every process is
+    killed and the users deleted afterwards."""
+    prefix = f"hefl-test-{uuid.uuid4().hex[:8]}"
+    with temporary_site(hospital_names(hospitals), prefix=prefix) as site:
+        cluster = ProcessCluster(
+            root=root, site=site, hospitals=hospitals, rounds=rounds, **options
+        )
+        try:
+            yield cluster
+        finally:
+            cluster.stop_all()

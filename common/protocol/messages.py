@@ -40,6 +40,8 @@ def _null_as_nan(value: Any, handler: ValidatorFunctionWrapHandler) -> float:
     return math.nan if value is None else handler(value)
 
 
+#: ``Hello.run`` of a hospital that follows whatever run its coordinator announces.
+FOLLOW_RUN: Final = "*"
 Name = Annotated[str, Strict(), Field(min_length=1)]  # a run, hospital, store key, digest, reason
 Ref = Annotated[str, Strict()] | None  # a store key or digest; None before round 1's aggregate
 Count = Annotated[int, Strict(), Field(ge=0)]

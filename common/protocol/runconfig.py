@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
+import time
 
 from common.crypto import HEConfig
 from common.model import ModelConfig
@@ -32,6 +34,13 @@ def run_config_digest(
         "rounds": rounds,
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+
+def new_run_id(now: float | None = None) -> str:
+    """A fresh run id: the UTC start time and 24 random bits, so that no two runs share one and
+    no signed message of an earlier run is valid in a new one."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now))
+    return f"run-{stamp}-{secrets.token_hex(3)}"
 
 
 def hospital_names(count: int) -> tuple[str, ...]:

@@ -31,6 +31,7 @@ COORDINATOR: Final = "coordinator"
 SIGNING_KEY_FILE: Final = "signing_key.pem"
 TRUST_FILE: Final = "trust.json"
 _CONTEXT: Final = b"hefl-message-v1\x00"  # domain separation for signatures
+_STATE_CONTEXT: Final = b"hefl-state-v1\x00"  # a signed state is never a valid message
 
 
 class SignatureError(ProtocolError):
@@ -173,6 +174,40 @@ class MessageCodec:
             "sig": base64.b64encode(signature).decode(),
         }
         return json.dumps(envelope, separators=(",", ":")).encode()
+
+    def seal_state(self, body: bytes) -> bytes:
+        """Sign persisted state with this participant's own key (``open_state`` checks it)."""
+        signature = self.identity.key.sign(_STATE_CONTEXT + body)
+        envelope = {
+            "signer": self.identity.name,
+            "state": body.decode(),
+            "sig": base64.b64encode(signature).decode(),
+        }
+        return json.dumps(envelope, separators=(",", ":")).encode()
+
+    def open_state(self, data: bytes) -> bytes:
+        """The state body, if this participant itself signed it; SignatureError otherwise."""
+        try:
+            envelope = json.loads(data)
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise SignatureError(f"signed state is not JSON: {exc}") from exc
+        if not isinstance(envelope, dict) or set(envelope) != {"signer", "state", "sig"}:
+            raise SignatureError("unsigned state: expected an envelope {signer, state, sig}")
+        signer, body, sig = envelope["signer"], envelope["state"], envelope["sig"]
+        if not all(isinstance(v, str) for v in (signer, body, sig)):
+            raise SignatureError("state envelope fields must be strings")
+        if signer != self.identity.name:
+            raise SignatureError(f"state signed by {signer!r:.60}, not by {self.identity.name}")
+        try:
+            self.identity.key.public_key().verify(
+                base64.b64decode(sig, validate=True), _STATE_CONTEXT + body.encode()
+            )
+        except (InvalidSignature, binascii.Error, ValueError) as exc:
+            raise SignatureError(
+                f"the signature of {self.identity.name} over its state does not verify "
+                "(edited or forged)"
+            ) from exc
+        return body.encode()
 
     def decode(self, data: bytes) -> Message:
         """Verify the envelope, then parse and bind the message; ProtocolError on any failure."""

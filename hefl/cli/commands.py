@@ -52,7 +52,7 @@ COMMANDS: tuple[Command[Any], ...] = (
     ),
     Command(
         name="coordinator",
-        help="run the coordinator over RabbitMQ (resumes a run it finds in the store)",
+        help="run the coordinator over RabbitMQ (resumes a run it finds in --state-dir)",
         options=options.CoordinatorOptions,
         run=processes.coordinator,
         defaults={"store": "store"},
@@ -74,6 +74,14 @@ COMMANDS: tuple[Command[Any], ...] = (
         defaults={"store": "store", "out": Path("out")},
     ),
     Command(
+        name="drive-share",
+        help="make a run's per-site Drive folders, share each with its hospital's account "
+        "(writer on its own updates, reader on the aggregates) and print each site's store URL",
+        options=options.DriveShareOptions,
+        run=local.drive_share,
+        required=("store", "run", "accounts"),
+    ),
+    Command(
         name="keys-install",
         help="copy one role's share of a key ceremony folder into that role's key folder",
         options=keys.KeysInstallOptions,
@@ -90,8 +98,9 @@ COMMANDS: tuple[Command[Any], ...] = (
     ),
     Command(
         name="keys-k8s-secrets",
-        help="a fresh ceremony printed as the hospitals' and the coordinator's Kubernetes "
-        "Secrets (for kubectl apply -f -); nothing is written to disk",
+        help="a fresh ceremony printed as Kubernetes Secrets (for kubectl apply -f -): the "
+        "coordinator's keys, each site's own keys and broker login, the broker's users; "
+        "nothing is written to disk",
         options=keys.KeysSecretsOptions,
         run=keys.keys_k8s_secrets,
     ),

@@ -20,13 +20,12 @@ from common.data.sources import DEFAULT_DATASET
 from common.model import ModelConfig
 from common.store.url import STORE_ENV
 from common.transport.settings import BROKER_URL_ENV, DEFAULT_BROKER_URL, DEFAULT_PREFIX
-from hefl.cli.types import fraction, names, positive_float, positive_int, units
+from hefl.cli.types import fraction, names, positive_float, positive_int, run_id, units
 
 #: Simulated hospitals, shards and issued identities when ``--hospitals`` is not given.
 DEFAULT_HOSPITALS: Final = 4
 DEFAULT_ROUNDS: Final = 10
 DEFAULT_SEED: Final = 42
-DEFAULT_RUN: Final = "run-1"
 DEFAULT_SCHEMA: Final = "diabetes130"
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
 KEY_ROLES: Final = ("coordinator", "hospital", "hospitals")  # hefl.keylayout.ROLES
@@ -114,7 +113,13 @@ FLAGS: Final[Mapping[str, Flag]] = {
             default=DEFAULT_SEED,
         ),
         # -- the run ----------------------------------------------------------------------------
-        Flag(name="run", help="run id; coordinator and hospitals must agree", default=DEFAULT_RUN),
+        Flag(
+            name="run",
+            help="run id (default: the coordinator resumes the one unfinished run in --state-dir "
+            "or starts a new random one, e.g. run-20261202-134500-a1b2c3, and prints it; a "
+            "hospital follows the run its coordinator announces)",
+            type=run_id,
+        ),
         Flag(name="rounds", help="federated rounds", type=positive_int, default=DEFAULT_ROUNDS),
         Flag(
             name="min_hospitals",
@@ -138,6 +143,19 @@ FLAGS: Final[Mapping[str, Flag]] = {
             help="seconds a round stays open",
             type=positive_float,
             default=600.0,
+        ),
+        Flag(
+            name="state_dir",
+            help="the coordinator's private folder for its signed run state and the operator's "
+            "summary (per-hospital metrics); never the shared store",
+            type=Path,
+            default=Path("coordinator-state"),
+        ),
+        Flag(
+            name="keep_updates",
+            help="keep each hospital's update blob after its round's aggregate is written "
+            "(default: deleted)",
+            switch=True,
         ),
         Flag(
             name="final_timeout",
@@ -204,10 +222,29 @@ FLAGS: Final[Mapping[str, Flag]] = {
             env=STORE_ENV,
         ),
         Flag(
+            name="accounts",
+            help="comma-separated SITE=GOOGLE_ACCOUNT pairs: each hospital's Drive account "
+            "(drive-share)",
+            type=names,
+        ),
+        Flag(
             name="broker",
             help="RabbitMQ URL, amqp:// or amqps://",
             default=DEFAULT_BROKER_URL,
             env=BROKER_URL_ENV,
+        ),
+        Flag(
+            name="broker_ca",
+            help="the deployment's broker CA certificate (PEM, made at the key ceremony): an "
+            "amqps:// broker must present a certificate it signed; the system CAs are not used",
+            type=Path,
+        ),
+        Flag(
+            name="broker_password_file",
+            help="file holding this participant's broker password, or a folder of such files "
+            "named after the participants; put into the --broker URL, which must hold no "
+            "password (a URL without a user gets the participant's name as user)",
+            type=Path,
         ),
         Flag(name="prefix", help="RabbitMQ exchange and queue name prefix", default=DEFAULT_PREFIX),
         Flag(name="hospital", help="this hospital's identity, e.g. hospital-3"),

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import ConfigError
-from hefl.cli.options import KeygenOptions, PartitionOptions, SimulateOptions
+from hefl.cli.options import DriveShareOptions, KeygenOptions, PartitionOptions, SimulateOptions
 
 
 def _he_config(scheme: str, max_hospitals: int) -> Any:
@@ -21,9 +21,15 @@ def _he_config(scheme: str, max_hospitals: int) -> Any:
 
 
 def simulate(options: SimulateOptions) -> int:
+    from common.fedavg import MIN_CONTRIBUTORS
     from hefl.simulation import SimulationConfig
 
     options.check()
+    if options.hospitals < MIN_CONTRIBUTORS:
+        raise ConfigError(
+            f"--hospitals {options.hospitals}: a federated run needs at least "
+            f"{MIN_CONTRIBUTORS} hospitals (with 2, each would learn the other's update)"
+        )
     if options.min_hospitals is not None and options.min_hospitals > options.hospitals:
         raise ConfigError(
             f"--min-hospitals {options.min_hospitals} > --hospitals {options.hospitals}"
@@ -140,3 +146,22 @@ def _printer() -> Callable[[str], None]:
         print(line, flush=True)
 
     return emit
+
+
+def drive_share(options: DriveShareOptions) -> int:
+    from common.store import open_store
+    from common.store.gdrive import DriveStore
+    from common.store.gdrive_share import share_run_folders, site_store_url
+
+    accounts = dict(pair.partition("=")[::2] for pair in options.accounts)
+    if any(not site or not email for site, email in accounts.items()) or len(accounts) != len(
+        options.accounts
+    ):
+        raise ConfigError(f"--accounts is SITE=ACCOUNT,... with each site once: {options.accounts}")
+    store = open_store(options.store)
+    if not isinstance(store, DriveStore):
+        raise ConfigError(f"drive-share needs a gdrive:// store, got {options.store!r}")
+    folders = share_run_folders(store, options.run, accounts)
+    for site in sorted(accounts):
+        print(f"{site}: {site_store_url(store.root_id, folders.for_hospital(site))}")
+    return 0

@@ -57,13 +57,15 @@ class SplitOptions:
 class RunOptions(ModelOptions):
     """What coordinator and hospitals of one run share; their digest is checked every round."""
 
-    run: str
+    run: str | None
     rounds: int
     seed: int
     schema: str
     keys: Path
     store: str
     broker: str
+    broker_ca: Path | None
+    broker_password_file: Path | None
     prefix: str
 
 
@@ -99,12 +101,21 @@ class KeygenOptions:
 
 
 @dataclass(frozen=True, kw_only=True)
+class DriveShareOptions:
+    store: str
+    run: str
+    accounts: tuple[str, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
 class CoordinatorOptions(RunOptions):
     participants: tuple[str, ...] | None
     min_hospitals: int | None
     expect_hospitals: int | None
     round_timeout: float
     final_timeout: float
+    state_dir: Path
+    keep_updates: bool
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 from common.errors import ConfigError, DataError
 from common.logs import format_event
+from common.transport.names import COORDINATOR
+from common.transport.settings import read_password_file, with_password
 from hefl.cli.options import CoordinatorOptions, HospitalOptions, ReplicaOptions, RunOptions
 
 
-def _run_settings(options: RunOptions, test_fraction: float | None = None) -> Any:
+def _run_settings(options: RunOptions, identity: str, test_fraction: float | None = None) -> Any:
     from hefl.deploy import Endpoints, RunSettings
 
     extra = {} if test_fraction is None else {"test_fraction": test_fraction}
@@ -22,16 +25,39 @@ def _run_settings(options: RunOptions, test_fraction: float | None = None) -> An
         model=options.model(),
         **extra,
     )
+    ca = {} if options.broker_ca is None else {"broker_ca": _readable(options.broker_ca)}
     endpoints = Endpoints(
-        keys=options.keys, store=options.store, broker=options.broker, prefix=options.prefix
+        keys=options.keys,
+        store=options.store,
+        broker=_broker_url(options, identity),
+        prefix=options.prefix,
+        **ca,
     )
     return settings, endpoints
+
+
+def _broker_url(options: RunOptions, identity: str) -> str:
+    """The broker URL with the password from ``--broker-password-file``: a file, or a folder of
+    one file per participant (a replica learns its identity only when it starts). A URL that
+    names no user gets the participant's identity, its broker user's name."""
+    path = options.broker_password_file
+    if path is None:
+        return options.broker
+    if path.is_dir():
+        path = path / identity
+    return with_password(options.broker, read_password_file(path), user=identity)
+
+
+def _readable(path: Path) -> Path:
+    if not path.is_file():
+        raise ConfigError(f"no broker CA certificate at {path} (--broker-ca, $HEFL_BROKER_CA)")
+    return path
 
 
 def coordinator(options: CoordinatorOptions) -> int:
     from hefl import deploy
 
-    settings, endpoints = _run_settings(options)
+    settings, endpoints = _run_settings(options, COORDINATOR)
     return deploy.run_coordinator(
         settings,
         endpoints,
@@ -40,13 +66,15 @@ def coordinator(options: CoordinatorOptions) -> int:
         expect_hospitals=options.expect_hospitals,
         round_timeout=options.round_timeout,
         final_timeout=options.final_timeout,
+        state_dir=options.state_dir,
+        keep_updates=options.keep_updates,
     )
 
 
 def hospital(options: HospitalOptions) -> int:
     from hefl import deploy
 
-    settings, endpoints = _run_settings(options, options.test_fraction)
+    settings, endpoints = _run_settings(options, options.hospital, options.test_fraction)
     return deploy.run_hospital(
         settings, endpoints, name=options.hospital, csv=options.csv, out=options.out
     )

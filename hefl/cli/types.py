@@ -7,6 +7,9 @@ They raise ``argparse.ArgumentTypeError`` with what was expected, which argparse
 from __future__ import annotations
 
 import argparse
+import re
+
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 def positive_int(text: str) -> int:
@@ -44,6 +47,15 @@ def units(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(
             f"expected comma-separated integers, got {text!r}"
         ) from exc
+
+
+def run_id(text: str) -> str:
+    """A run id: it names a folder in every store, so letters, digits, '.', '_', '-'."""
+    if not _RUN_ID.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"a run id is 1-64 letters, digits, '.', '_' or '-' (not first), got {text!r}"
+        )
+    return text
 
 
 def names(text: str) -> tuple[str, ...]:

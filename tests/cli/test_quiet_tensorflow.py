@@ -43,7 +43,7 @@ def small_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_a_training_command_prints_no_tensorflow_start_up_lines(
     small_csv: Path, tmp_path: Path
 ) -> None:
-    command = [str(HEFL), "simulate", "--dataset", str(small_csv), "--hospitals", "2"]
+    command = [str(HEFL), "simulate", "--dataset", str(small_csv), "--hospitals", "3"]
     command += ["--rounds", "1", "--hidden", "4", "--no-baselines", "--out", str(tmp_path / "o")]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HEFL_", "TF_CPP"))}
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)

@@ -8,26 +8,42 @@ fresh noise per encryption, which training amplifies to ~1e-5; see test_simulati
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
+from typing import ClassVar
 
 import numpy as np
 import pytest
 
-from common.crypto import HEConfig, open_aggregator, open_cipher, run_key_ceremony
+from common.crypto import (
+    AGGREGATE,
+    Binding,
+    HEConfig,
+    open_aggregator,
+    open_cipher,
+    run_key_ceremony,
+)
 from common.data import FeatureEncoder, load_local_data, load_schema
 from common.model import ModelConfig
 from common.protocol import layout
-from common.protocol.messages import UpdateSubmitted
+from common.protocol.messages import (
+    FinalReport,
+    Hello,
+    RoundStarted,
+    RunFinished,
+    UpdateSubmitted,
+)
 from common.protocol.signing import issue_identities
 from common.store import LocalStore, sha256_hex
-from common.transport import SUBMIT
+from common.transport import ANNOUNCE, SUBMIT
 from common.transport.rabbitmq import RabbitMQTransport
 from hefl.keylayout import KeyLayout
 from hefl.simulation import Cohort, SimulationConfig, run_federated
-from testkit.cluster import DATA, ProcessCluster, sample_csv
+from testkit.cluster import DATA, ProcessCluster, process_cluster, sample_csv
 
 MODEL = ModelConfig(hidden_units=(8,), batch_size=64, local_epochs=1)
 ROUNDS = 5
@@ -39,20 +55,20 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def cluster(tmp_path: Path, broker_url: str, source: Path) -> Iterator[ProcessCluster]:
-    """4 hospitals' keys and shards, ready to start; every process is killed afterwards."""
-    running = ProcessCluster(root=tmp_path, broker_url=broker_url, hospitals=4, rounds=ROUNDS)
-    running.prepare(source)
-    try:
+def cluster(tmp_path: Path, broker: ModuleType, source: Path) -> Iterator[ProcessCluster]:
+    """4 hospitals' keys, shards and broker users, ready to start; every process is killed
+    afterwards."""
+    with process_cluster(tmp_path, hospitals=4, rounds=ROUNDS) as running:
+        running.prepare(source)
         yield running
-    finally:
-        running.stop_all()
 
 
-def embedded_reference(cluster: ProcessCluster, out: Path) -> np.ndarray:
-    """The embedded simulation on the same shards, keys and seed."""
+def embedded_reference(
+    cluster: ProcessCluster, out: Path, names: tuple[str, ...] | None = None
+) -> np.ndarray:
+    """The embedded simulation on the same shards, keys and seed (of ``names``: every site)."""
     keys = KeyLayout(cluster.keys)
-    names = tuple(cluster.names)
+    names = names or tuple(cluster.names)
     data = tuple(
         load_local_data(
             cluster.root / "shards" / f"{n}.csv",
@@ -189,7 +205,6 @@ def test_everyone_reconnects_after_the_broker_restarts(
 def test_bad_input_on_the_live_broker_is_rejected_and_the_run_is_right(
     cluster: ProcessCluster,
     tmp_path: Path,
-    broker_url: str,
 ) -> None:
     keys = KeyLayout(cluster.keys)
     store = LocalStore(cluster.store)
@@ -213,34 +228,48 @@ def test_bad_input_on_the_live_broker_is_rejected_and_the_run_is_right(
             run=cluster.run, round=round_, hospital=hospital, blob_ref=ref, sha256=sha
         )
 
-    bad = [
-        b"\x00\x01garbage\xff",  # malformed
-        b'{"type": "Hello", "v": 1, "run": "run-1", "hospital": "hospital-1"}',  # unsigned
-        h1.wrap(b'{"type": "Hello", "v": 1, "run": 7}'),  # signed, wrong schema: malformed
-        forged.encode(update("hospital-1", 1, key1, "0" * 64)),  # bad signature
-        h1.encode(update("hospital-1", 1, key1, "f" * 64)),  # digest mismatch
-        keys.codec("hospital-2").encode(update("hospital-2", 1, key2, sha256_hex(foreign))),
+    bad = [  # each from the broker login of the hospital it claims to be
+        ("hospital-1", b"\x00\x01garbage\xff"),  # malformed
+        ("hospital-1", b'{"type": "Hello", "v": 1, "run": "run-1", "hospital": "hospital-1"}'),
+        ("hospital-1", h1.wrap(b'{"type": "Hello", "v": 1, "run": 7}')),  # signed, wrong schema
+        ("hospital-1", forged.encode(update("hospital-1", 1, key1, "0" * 64))),  # bad signature
+        ("hospital-1", h1.encode(update("hospital-1", 1, key1, "f" * 64))),  # digest mismatch
+        (
+            "hospital-2",
+            keys.codec("hospital-2").encode(update("hospital-2", 1, key2, sha256_hex(foreign))),
+        ),
+        ("hospital-3", h1.encode(update("hospital-1", 1, key1, "e" * 64))),  # relayed by another
     ]
-    with RabbitMQTransport(url=broker_url, identity="tester", prefix=cluster.prefix) as bus:
-        for body in bad:
-            bus.publish(SUBMIT, body)
+    logins = {
+        name: RabbitMQTransport(url=cluster.broker_url(name), identity=name, prefix=cluster.prefix)
+        for name in ("hospital-1", "hospital-2", "hospital-3")
+    }
+    try:
+        for sender, body in bad:
+            logins[sender].publish(SUBMIT, body)
         cluster.wait_for(
             lambda s: sum(s["rejected"].values()) >= len(bad), timeout=60, what="rejections"
         )
         for name in cluster.names:
             cluster.start_hospital(name)
         cluster.wait_for(lambda s: s["round"] >= 3, timeout=180, what="round 3")
-        # A replay of hospital-3's round-1 submission (validly signed, for a closed round).
+        # A replay of hospital-3's round-1 submission (validly signed, for a closed round); its
+        # blob was deleted once round 1's aggregate was written.
         ref3 = layout.update_key(cluster.run, 1, "hospital-3")
-        blob = store.get(ref3)
-        bus.publish(SUBMIT, h3.encode(update("hospital-3", 1, ref3, sha256_hex(blob))))
+        assert not store.exists(ref3)
+        replay = h3.encode(update("hospital-3", 1, ref3, sha256_hex(b"round 1")))
+        logins["hospital-3"].publish(SUBMIT, replay)
         state = assert_completed(cluster, embedded_reference(cluster, tmp_path / "embedded"))
+    finally:
+        for login in logins.values():
+            login.close()
     assert state["rejected"] == {
         "malformed": 2,
         "bad-signature": 2,
         "StoreError": 1,
         "BlobError": 1,
         "late": 1,
+        "sender-mismatch": 1,
     }
     log = cluster.log("coordinator")
     for reason in (
@@ -249,23 +278,131 @@ def test_bad_input_on_the_live_broker_is_rejected_and_the_run_is_right(
         "reason=StoreError",
         "reason=BlobError",
         "reason=late",
+        "reason=sender-mismatch",
     ):
         assert reason in log
+
+
+class Insider:
+    """hospital-4 played by the test: its own broker login, signing key and HE bundle, answering
+    every round with a blob whose header lies (a different lie each round)."""
+
+    LIES: ClassVar[dict[int, str]] = {
+        1: "blob-summands",
+        2: "blob-values",
+        3: "blob-binding",
+        4: "blob-kind",
+        5: "blob-size",
+    }
+
+    def __init__(self, cluster: ProcessCluster) -> None:
+        keys = KeyLayout(cluster.keys)
+        self.cluster = cluster
+        self.codec = keys.codec("hospital-4")
+        self.cipher = open_cipher(keys.he_hospital)
+        self.store = LocalStore(cluster.store)
+        self.values = 0
+        self.answered: set[int] = set()
+        self.done = threading.Event()
+        self.bus = RabbitMQTransport(
+            url=cluster.broker_url("hospital-4"),
+            identity="hospital-4",
+            prefix=cluster.prefix,
+            senders=("coordinator",),
+        )
+
+    def craft(self, round_: int) -> bytes:
+        own = Binding(run=self.cluster.run, round=round_, sender="hospital-4")
+        payload = np.full(self.values, 0.01)
+        spec = self.cipher.spec
+        if round_ == 1:
+            header, chunks = spec.decode(self.cipher.encrypt(payload, binding=own))
+            return spec.encode(
+                kind=header.kind, value_count=len(payload), summands=100, chunks=chunks, binding=own
+            )
+        if round_ == 2:
+            return self.cipher.encrypt(np.zeros(1), binding=own)
+        if round_ == 3:
+            return self.cipher.encrypt(payload, binding=replace(own, sender="hospital-1"))
+        if round_ == 4:
+            return self.cipher.encrypt(payload, kind=AGGREGATE, binding=own)
+        return self.cipher.encrypt(payload, binding=own) + bytes(spec.max_blob_bytes(len(payload)))
+
+    def handle(self, body: bytes) -> None:
+        message = self.codec.decode(body)
+        run = self.cluster.run
+        if isinstance(message, RoundStarted) and message.round not in self.answered:
+            self.answered.add(message.round)  # re-announcements (hellos) are not new rounds
+            if message.global_ref is not None:  # learn the model size from the aggregate
+                self.values = self.cipher.decrypt(self.store.get(message.global_ref)).shape[0]
+            elif not self.values:
+                self.values = 10  # round 1: any size will do for the lies of round 1
+            blob = self.craft(message.round)
+            key = layout.update_key(run, message.round, "hospital-4")
+            self.store.put(key, blob)
+            submitted = UpdateSubmitted(
+                run=run,
+                round=message.round,
+                hospital="hospital-4",
+                blob_ref=key,
+                sha256=sha256_hex(blob),
+            )
+            self.bus.publish(SUBMIT, self.codec.encode(submitted))
+        elif isinstance(message, RunFinished):
+            report = FinalReport(run=run, hospital="hospital-4", metrics={})
+            self.bus.publish(SUBMIT, self.codec.encode(report))
+            self.done.set()
+
+    def serve(self) -> None:
+        self.bus.subscribe(ANNOUNCE, self.handle)
+        self.bus.publish(
+            SUBMIT, self.codec.encode(Hello(run=self.cluster.run, hospital="hospital-4"))
+        )
+        self.bus.serve(stop=self.done.is_set)
+
+
+def test_an_insider_on_the_live_broker_is_refused_and_the_others_model_is_unchanged(
+    cluster: ProcessCluster,
+    tmp_path: Path,
+) -> None:
+    honest = ("hospital-1", "hospital-2", "hospital-3")
+    for name in honest:
+        cluster.start_hospital(name)
+    cluster.start_coordinator("--min-hospitals", "3")
+    insider = Insider(cluster)
+    thread = threading.Thread(target=insider.serve, daemon=True)
+    thread.start()
+    try:
+        assert cluster.wait_exit("coordinator", timeout=300) == 0, cluster.tail_logs()
+        thread.join(timeout=60)
+    finally:
+        insider.done.set()
+        insider.bus.close()
+    for name in honest:
+        assert cluster.wait_exit(name, timeout=120) == 0, cluster.tail_logs()
+    state = cluster.state()
+    assert state is not None and state["phase"] == "done"
+    assert state["rejected"] == {reason: 1 for reason in Insider.LIES.values()}
+    assert [set(r["accepted"]) for r in state["history"]] == [set(honest)] * ROUNDS
+    assert [r["failed"] for r in state["history"]] == [["hospital-4"]] * ROUNDS
+    log = cluster.log("coordinator")
+    for reason in Insider.LIES.values():
+        assert f"reason={reason}" in log
+    reference = embedded_reference(cluster, tmp_path / "embedded", names=honest)
+    for name in honest:
+        np.testing.assert_allclose(cluster.final_weights(name), reference, rtol=0, atol=1e-6)
 
 
 @pytest.mark.slow
 def test_twenty_hospital_processes_complete_three_rounds(
     tmp_path: Path,
-    broker_url: str,
+    broker: ModuleType,
 ) -> None:
     source = sample_csv(tmp_path / "sample.csv", patients=6000, seed=9)
-    cluster = ProcessCluster(root=tmp_path, broker_url=broker_url, hospitals=20, rounds=3)
-    cluster.prepare(source)
-    try:
+    with process_cluster(tmp_path, hospitals=20, rounds=3) as cluster:
+        cluster.prepare(source)
         run_everyone(cluster)
         assert cluster.wait_exit("coordinator", timeout=600) == 0, cluster.tail_logs()
         state = cluster.state()
         assert state is not None and state["phase"] == "done"
         assert [len(r["accepted"]) for r in state["history"]] == [20, 20, 20]
-    finally:
-        cluster.stop_all()

@@ -21,7 +21,8 @@ from common.crypto import (
     run_key_ceremony,
 )
 from common.errors import TrainingError
-from common.model import ModelConfig, initial_weights
+from common.fedavg import payload_size
+from common.model import ModelConfig, initial_weights, parameter_count
 from common.protocol import layout
 from common.protocol.messages import RoundStarted, UpdateSubmitted, encode
 from common.protocol.signing import MessageCodec, generate_identities
@@ -47,8 +48,9 @@ def make_data(index: int, n: int) -> LocalData:
     return LocalData(x_train=x[:cut], y_train=y[:cut], x_test=x[cut:], y_test=y[cut:])
 
 
-DATA = {f"h{i}": make_data(i, 80 + 40 * i) for i in range(1, 4)}
-IDENTITIES, TRUST = generate_identities(["h1", "h2", "h3"])
+DATA = {f"h{i}": make_data(i, 80 + 40 * i) for i in range(1, 5)}
+IDENTITIES, TRUST = generate_identities(["h1", "h2", "h3", "h4"])
+FOUR = ("h1", "h2", "h3", "h4")
 
 
 def codec(name: str) -> MessageCodec:
@@ -71,6 +73,7 @@ class Cluster:
 
     store: InMemoryStore
     plan: RunPlan
+    state_store: InMemoryStore = field(default_factory=InMemoryStore)  # the coordinator's own
     now: list[float] = field(default_factory=lambda: [1000.0])
     transport: InMemoryTransport = field(default_factory=InMemoryTransport)
     hospitals: dict[str, Hospital] = field(default_factory=dict)
@@ -94,7 +97,7 @@ class Cluster:
             data=DATA[name],
             trainer=trainer or LocalTrainer(MODEL, N_FEATURES),
             cipher=cipher or plain_cipher(),
-            transport=self.transport,
+            transport=self.transport.participant(name),
             store=self.store,
             codec=codec(name),
             initial_weights=initial_weights(MODEL, N_FEATURES, SEED),
@@ -111,6 +114,7 @@ class Cluster:
             self.plan,
             transport=self.transport,
             store=self.store,
+            state_store=self.state_store,
             aggregator=aggregator or plain_aggregator(),
             codec=codec("coordinator"),
             clock=self.clock,
@@ -135,6 +139,7 @@ def make_plan(**overrides) -> RunPlan:
         round_timeout=60.0,
         final_timeout=60.0,
         config_digest=DIGEST,
+        value_count=payload_size(parameter_count(MODEL, N_FEATURES)),
     )
     values.update(overrides)
     return RunPlan(**values)  # type: ignore[arg-type]
@@ -217,24 +222,29 @@ def test_garbage_and_forgeries_are_counted_and_the_run_still_completes(
         values.update(fields)
         return UpdateSubmitted(**values)
 
-    bad = [
-        b"\x00\xff garbage",
-        b'{"type": "UpdateSubmitted"}',
-        encode(update()),  # valid message, unsigned
-        outsider.encode(update()),  # forged signature
-        codec("h1").encode(update()),  # h1 speaking for h2
-        codec("h1").encode(update(run="other", hospital="h1")),
-        codec("h2").encode(update()),  # right signer, digest does not match the stored blob
-        codec("h3").encode(
-            update(
-                hospital="h3",
-                blob_ref="runs/run-1/elsewhere.blob",
-                sha256=sha256_hex(forged_blob),
-            )
+    bad = [  # (sender, body): what each participant's own broker login sends
+        ("h1", b"\x00\xff garbage"),
+        ("h1", b'{"type": "UpdateSubmitted"}'),
+        ("h2", encode(update())),  # valid message, unsigned
+        ("h2", outsider.encode(update())),  # forged signature
+        ("h1", codec("h1").encode(update())),  # h1 speaking for h2
+        ("h1", codec("h1").encode(update(run="other", hospital="h1"))),
+        ("h2", codec("h2").encode(update())),  # right signer, digest does not match the blob
+        (
+            "h3",
+            codec("h3").encode(
+                update(
+                    hospital="h3",
+                    blob_ref="runs/run-1/elsewhere.blob",
+                    sha256=sha256_hex(forged_blob),
+                )
+            ),
         ),
+        ("h1", codec("h2").encode(update())),  # h2's valid message relayed by h1's login
+        (None, codec("h2").encode(update())),  # no authenticated sender: dropped unread
     ]
-    for body in bad:
-        cluster.transport.publish(SUBMIT, body)
+    for sender, body in bad:
+        cluster.transport.publish(SUBMIT, body, sender=sender)
     cluster.run_to_end()
     assert coordinator.state.phase == "done"
     assert coordinator.state.rejected == {
@@ -243,7 +253,9 @@ def test_garbage_and_forgeries_are_counted_and_the_run_still_completes(
         "other-run": 1,
         "StoreError": 1,
         "bad-ref": 1,
+        "sender-mismatch": 1,
     }
+    assert cluster.transport.dropped == {"unauthenticated": 1}
     np.testing.assert_allclose(cluster.hospitals["h1"].final_weights, reference, atol=1e-6)
 
 
@@ -278,22 +290,24 @@ def test_a_replayed_submission_from_an_earlier_round_is_rejected_as_late() -> No
         b for b in captured if isinstance(m := reader.decode(b), UpdateSubmitted) and m.round == 1
     ]
     assert first_round
-    cluster.transport.publish(SUBMIT, first_round[0])
+    replayed = reader.decode(first_round[0])
+    assert isinstance(replayed, UpdateSubmitted)
+    cluster.transport.publish(SUBMIT, first_round[0], sender=replayed.hospital)
     cluster.run_to_end()
     assert coordinator.state.phase == "done"
     assert coordinator.state.rejected == {"late": 1}
 
 
 def test_a_failing_hospital_replies_with_an_error_and_the_round_closes_on_quorum() -> None:
-    cluster = Cluster(store=InMemoryStore(), plan=make_plan(min_hospitals=2, rounds=2))
-    cluster.add_hospital("h1")
-    cluster.add_hospital("h2")
-    cluster.add_hospital("h3", trainer=FailingTrainer(MODEL, N_FEATURES))
+    cluster = Cluster(store=InMemoryStore(), plan=make_plan(hospitals=FOUR, rounds=2))
+    for name in ("h1", "h2", "h3"):
+        cluster.add_hospital(name)
+    cluster.add_hospital("h4", trainer=FailingTrainer(MODEL, N_FEATURES))
     cluster.start_coordinator()
     coordinator = cluster.run_to_end()
     assert coordinator.state.phase == "done"
-    assert [r.failed for r in coordinator.state.history] == [("h3",), ("h3",)]
-    expected = reference_fedavg(("h1", "h2"), 2)
+    assert [r.failed for r in coordinator.state.history] == [("h4",), ("h4",)]
+    expected = reference_fedavg(("h1", "h2", "h3"), 2)
     np.testing.assert_allclose(cluster.hospitals["h1"].final_weights, expected, atol=1e-6)
 
 
@@ -312,46 +326,46 @@ def test_without_quorum_the_run_fails_with_a_clear_error() -> None:
 
 
 def test_the_deadline_closes_a_round_with_a_silent_hospital() -> None:
-    cluster = Cluster(store=InMemoryStore(), plan=make_plan(min_hospitals=2, rounds=1))
-    cluster.add_hospital("h1")
-    cluster.add_hospital("h2")  # h3 never starts
+    cluster = Cluster(store=InMemoryStore(), plan=make_plan(hospitals=FOUR, rounds=1))
+    for name in ("h1", "h2", "h3"):  # h4 never starts
+        cluster.add_hospital(name)
     coordinator = cluster.start_coordinator()
     cluster.transport.deliver_all()
-    assert coordinator.state.phase == "round" and len(coordinator.state.accepted) == 2
+    assert coordinator.state.phase == "round" and len(coordinator.state.accepted) == 3
     cluster.now[0] += 61.0
     coordinator.tick()
     cluster.transport.deliver_all()
-    assert coordinator.state.history[0].accepted == ("h1", "h2")
-    cluster.now[0] += 1.0  # h3 left the roster: the final phase waits only for h1 and h2
+    assert coordinator.state.history[0].accepted == ("h1", "h2", "h3")
+    cluster.now[0] += 1.0  # h4 left the roster: the final phase waits only for the three
     coordinator.tick()
     assert coordinator.state.phase == "done"
 
 
 def test_fewer_replicas_than_identities_run_without_waiting_for_deadlines() -> None:
-    plan = make_plan(min_hospitals=2, expected_hospitals=2, rounds=3)
+    plan = make_plan(hospitals=FOUR, expected_hospitals=3, rounds=3)
     cluster = Cluster(store=InMemoryStore(), plan=plan)
     coordinator = cluster.start_coordinator()
-    cluster.add_hospital("h1", hello=True)
-    cluster.add_hospital("h2", hello=True)  # h3's identity was issued, but no replica runs it
+    for name in ("h1", "h2", "h3"):  # h4's identity was issued, but no replica runs it
+        cluster.add_hospital(name, hello=True)
     while coordinator.state.round < 2:  # the clock never moves: no deadline can close a round
         assert cluster.transport.deliver_all(limit=1), "round 1 stalled"
-    cluster.add_hospital("h3", hello=True)  # scaled up between rounds: joins round 2
+    cluster.add_hospital("h4", hello=True)  # scaled up between rounds: joins round 2
     cluster.run_to_end()
     assert coordinator.state.phase == "done"
     assert [set(r.accepted) for r in coordinator.state.history] == [
-        {"h1", "h2"},
         {"h1", "h2", "h3"},
-        {"h1", "h2", "h3"},
+        set(FOUR),
+        set(FOUR),
     ]
-    assert set(coordinator.state.roster) == {"h1", "h2", "h3"}
+    assert set(coordinator.state.roster) == set(FOUR)
     assert all(h.final_weights is not None for h in cluster.hospitals.values())
 
 
 def test_a_restarted_coordinator_resumes_the_round_without_losing_accepted_updates(
     reference: np.ndarray,
 ) -> None:
-    store = InMemoryStore()
-    first = Cluster(store=store, plan=make_plan())
+    store, state_store = InMemoryStore(), InMemoryStore()
+    first = Cluster(store=store, plan=make_plan(), state_store=state_store)
     for name in first.plan.hospitals:
         first.add_hospital(name)
     coordinator = first.start_coordinator()
@@ -359,7 +373,7 @@ def test_a_restarted_coordinator_resumes_the_round_without_losing_accepted_updat
         first.transport.deliver_all(limit=1)
     accepted_before = coordinator.state.accepted
     # The coordinator process dies here; hospitals restart too (they are stateless).
-    second = Cluster(store=store, plan=make_plan())
+    second = Cluster(store=store, plan=make_plan(), state_store=state_store)
     for name in second.plan.hospitals:
         second.add_hospital(name)
     resumed = second.start_coordinator()

@@ -107,7 +107,7 @@ def test_cli_simulate_runs_bfv_without_baselines(sample_csv: Path, tmp_path: Pat
             "--dataset",
             str(sample_csv),
             "--hospitals",
-            "2",
+            "3",
             "--rounds",
             "1",
             "--hidden",

@@ -17,6 +17,7 @@ import pytest
 from common.crypto import plain_aggregator, plain_cipher
 from common.data.sources import DEFAULT_DATASET
 from common.model import ModelConfig
+from common.protocol import layout
 from common.store import LocalStore
 from hefl.cli import main
 from hefl.simulation import SimulationConfig, load_cohort, run_federated
@@ -58,7 +59,7 @@ def test_plaintext_fedavg_on_drive_is_bitwise_the_local_result(
     assert np.array_equal(local.weights, remote.weights)  # type: ignore[attr-defined]
     assert _untimed(remote.summary) == _untimed(local.summary)  # type: ignore[attr-defined]
     assert drive.list() == local_store.list()
-    assert "runs/plain/round-0002/aggregate.blob" in drive.list()
+    assert layout.aggregate_key("plain", 2) in drive.list()
     # a second simulation on the same Drive folder starts afresh instead of resuming a done run
     again = run(drive, "drive-again")
     assert np.array_equal(again.weights, local.weights)  # type: ignore[attr-defined]
@@ -100,6 +101,7 @@ def test_hefl_simulate_with_a_drive_store_url_matches_the_local_store(
         assert np.max(np.abs(a - b)) <= 1e-3
     # the run lives in Drive, one subfolder per run, and not in the local output folder
     assert not (tmp_path / "drive" / "store").exists()
-    assert drive.path_of(root, "runs/encrypted/summary.json") is not None
-    for hospital in HOSPITALS:
-        assert drive.path_of(root, f"runs/encrypted/round-0002/update-{hospital}.blob") is not None
+    assert drive.path_of(root, layout.public_summary_key("encrypted")) is not None
+    assert drive.path_of(root, layout.aggregate_key("encrypted", 2)) is not None
+    for hospital in HOSPITALS:  # each update was deleted once its round's aggregate was written
+        assert drive.path_of(root, layout.update_key("encrypted", 2, hospital)) is None
