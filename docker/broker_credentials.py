@@ -1,85 +1,98 @@
 #!/usr/bin/env python3
-"""Generate the compose cluster's broker credentials, once, outside git.
+"""Generate the compose cluster's broker credentials, outside git: one user per participant.
 
-Writes ``docker/.env`` (passwords of the ``coordinator``, ``hospital`` and ``admin`` broker users,
-mode 0600) and ``docker/.secrets/definitions.json`` (RabbitMQ definitions: vhost ``hefl``, one user
-per role with least-privilege permissions, salted SHA-256 password hashes). Existing files are kept,
-so ``make up`` after ``make up`` reuses the same passwords. Standard library only.
+    python docker/broker_credentials.py --hospitals M
+
+writes, under ``docker/.secrets/`` (a 0700 folder: only the operator reaches what is in it;
+``--dir`` names another folder than ``docker/``):
+
+- ``broker/<participant>.password``: the broker password of ``coordinator`` and of each of
+  ``hospital-1`` ... ``hospital-M``, each its own broker user; compose binds each file into that
+  participant's container only (``secrets:``, ``/run/secrets/broker-password``, read by
+  ``hefl --broker-password-file``), never into an environment variable. Mode 0644, since the
+  container's user (uid 10001) is not the operator: the 0700 folders are what keep them from the
+  host's other users (0444 is Docker's own default mode for secrets inside a container);
+- ``broker/admin.password`` (0600): the management UI's ``admin`` user, for the operator only;
+- ``definitions.json`` (0644, salted hashes only, read by the broker's own user): vhost ``hefl``,
+  the users, each confined to its own resources (``common.transport.brokerconf.BrokerPlan``: a
+  hospital may declare and consume only ``hefl.announce.<itself>`` and publish only to the
+  ``hefl.submit`` exchange), queue limits and the topology.
+
+Existing passwords are kept, so ``make up`` after ``make up`` reuses them; identities issued
+later get new ones. Needs this project's ``common`` package (its ``.venv``, or python3 with
+PyYAML and cryptography).
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
+import argparse
 import json
-import os
-import secrets
 import sys
 from pathlib import Path
 
-HERE = Path(os.environ.get("HEFL_CREDENTIALS_DIR") or Path(__file__).resolve().parent)
-VHOST = "hefl"
-USERS = ("coordinator", "hospital", "admin")
-# Resource names are fixed by the transport: <prefix>.announce (fanout exchange), <prefix>.submit
-# (queue, reached through the default exchange amq.default), <prefix>.announce.<hospital> (queue).
-PERMISSIONS = {
-    # declares the exchange and the submit queue, consumes submissions, publishes announcements
-    "coordinator": {
-        "configure": r"^hefl\.(announce|submit)$",
-        "write": r"^hefl\.announce$",
-        "read": r"^hefl\.submit$",
-    },
-    # declares and binds its own announce queue, consumes it, submits through the default
-    # exchange; cannot read the submit queue (others' submissions) nor publish announcements
-    "hospital": {
-        "configure": r"^hefl\.(announce|submit|announce\.hospital-[0-9]+)$",
-        "write": r"^(amq\.default|hefl\.announce\.hospital-[0-9]+)$",
-        "read": r"^hefl\.announce(\.hospital-[0-9]+)?$",
-    },
-    # the management UI's operator
-    "admin": {"configure": ".*", "write": ".*", "read": ".*"},
-}
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script with python3, outside the project's venv
+    sys.path.insert(0, str(ROOT))
+
+from common.atomic import write_atomic  # noqa: E402
+from common.errors import HeflError  # noqa: E402
+from hefl.sites import site_names  # noqa: E402
+from hefl.sites.broker import ADMIN, definitions, issue_passwords, participants  # noqa: E402
+
+PRIVATE = 0o700
+CONTAINER_READABLE = 0o644
+OPERATOR_ONLY = 0o600
 
 
-def password_hash(password: str) -> str:
-    """RabbitMQ's rabbit_password_hashing_sha256: base64(salt + sha256(salt + password))."""
-    salt = secrets.token_bytes(4)
-    return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()
+SUFFIX = ".password"
 
 
-def read_env(path: Path) -> dict[str, str]:
-    if not path.exists():
-        return {}
-    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
-    return {key.strip(): value.strip() for key, value in pairs}
+def known_passwords(folder: Path) -> dict[str, str]:
+    """The passwords already issued, by user."""
+    known = {path.stem: path.read_text().strip() for path in folder.glob(f"*{SUFFIX}")}
+    return {user: password for user, password in known.items() if password}
 
 
-def main() -> int:
-    HERE.mkdir(parents=True, exist_ok=True)
-    env_path = HERE / ".env"
-    env = read_env(env_path)
-    for user in USERS:
-        env.setdefault(f"HEFL_{user.upper()}_PASSWORD", secrets.token_urlsafe(24))
-    env_path.write_text("".join(f"{key}={value}\n" for key, value in sorted(env.items())))
-    env_path.chmod(0o600)
-    definitions = {
-        "vhosts": [{"name": VHOST}],
-        "users": [
-            {
-                "name": user,
-                "password_hash": password_hash(env[f"HEFL_{user.upper()}_PASSWORD"]),
-                "hashing_algorithm": "rabbit_password_hashing_sha256",
-                "tags": ["administrator"] if user == "admin" else [],
-            }
-            for user in USERS
-        ],
-        "permissions": [{"user": user, "vhost": VHOST, **PERMISSIONS[user]} for user in USERS],
-    }
-    out = HERE / ".secrets" / "definitions.json"
-    out.parent.mkdir(mode=0o755, exist_ok=True)
-    out.write_text(json.dumps(definitions, indent=2) + "\n")
-    out.chmod(0o644)  # read by the broker's own user inside its container; holds hashes only
-    print(f"broker credentials: {env_path} (0600), definitions: {out}", file=sys.stderr)
+def write(path: Path, text: str, mode: int) -> None:
+    write_atomic(path, text.encode(), mode=mode)
+
+
+def generate(root: Path, hospitals: int) -> Path:
+    secrets_dir = root / ".secrets"
+    broker = secrets_dir / "broker"
+    for folder in (secrets_dir, broker):
+        folder.mkdir(mode=PRIVATE, parents=True, exist_ok=True)
+        folder.chmod(PRIVATE)
+    names = site_names(hospitals)
+    users = participants(names)
+    passwords = issue_passwords([*users, ADMIN], known_passwords(broker))
+    for stale in {p.stem for p in broker.glob(f"*{SUFFIX}")} - {*users, ADMIN}:  # re-issued
+        (broker / f"{stale}{SUFFIX}").unlink()
+    for user in users:
+        write(broker / f"{user}{SUFFIX}", passwords[user] + "\n", CONTAINER_READABLE)
+    write(broker / f"{ADMIN}{SUFFIX}", passwords[ADMIN] + "\n", OPERATOR_ONLY)
+    rendered = definitions(names, {u: passwords[u] for u in users}, passwords[ADMIN])
+    out = secrets_dir / "definitions.json"
+    write(out, json.dumps(rendered, indent=2) + "\n", CONTAINER_READABLE)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--hospitals", type=int, required=True, help="hospital identities the cluster issued"
+    )
+    parser.add_argument(
+        "--dir", type=Path, default=Path(__file__).resolve().parent, help="default: docker/"
+    )
+    args = parser.parse_args(argv)
+    try:
+        out = generate(args.dir, args.hospitals)
+    except (HeflError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    users = f"coordinator, hospital-1..{args.hospitals}, {ADMIN}"
+    print(f"broker users {users}: {out.parent}", file=sys.stderr)
     return 0
 
 

@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""`make status`: the compose cluster's containers, health, hospital identities and run progress.
+"""`make status`: the compose cluster's containers, health, hospital sites and run progress.
 
-Uses the Docker SDK for Python (the ``docker`` package, a dependency of hefl). Progress is the
-coordinator's last ``round N/M closed`` line and, when this user can read the store volume, the
+Uses the Docker SDK for Python (the ``docker`` package, pyproject's ``ops`` extra). Each hospital
+site is its own service (``hospital-K``, with its one-shot ``keys-hospital-K``); the IDENTITY
+column is the ``HEFL_HOSPITAL`` a container was configured with. Progress is the coordinator's
+last ``round N/M closed`` line and, when this user can read the coordinator's state volume, the
 persisted run state (phase, round, accepted hospitals per round).
 """
 
@@ -20,7 +22,7 @@ from docker.errors import DockerException
 import docker
 
 ROUND_LINE = re.compile(r"^(round \d+/\d+ closed.*|run .* finished.*)$", re.MULTILINE)
-IDENTITY = re.compile(r"event=identity_claimed hospital=(\S+)")
+IDENTITY = "HEFL_HOSPITAL="
 
 
 def describe(container: Any) -> dict[str, str]:
@@ -36,25 +38,38 @@ def describe(container: Any) -> dict[str, str]:
         "health": health,
         "identity": "",
     }
-    if row["service"] == "hospital":
-        found = IDENTITY.findall(container.logs(tail=2000).decode(errors="replace"))
-        row["identity"] = found[-1] if found else ""
+    for variable in container.attrs["Config"].get("Env") or []:
+        if variable.startswith(IDENTITY):  # a site's name, never a secret
+            row["identity"] = variable[len(IDENTITY) :]
     return row
 
 
-def run_state(client: Any, project: str, run: str) -> dict[str, Any] | None:
+def _order(row: dict[str, str]) -> tuple[str, int, str]:
+    """Services by name, hospital-2 before hospital-10."""
+    stem, _, number = row["service"].rpartition("-")
+    return (stem, int(number), row["container"]) if number.isdigit() else (row["service"], 0, "")
+
+
+def run_state(client: Any, project: str, run: str | None) -> dict[str, Any] | None:
     try:
-        volume = client.volumes.get(f"{project}_store")
-        path = Path(volume.attrs["Mountpoint"]) / "runs" / run / "coordinator-state.json"
-        return json.loads(path.read_text())
-    except (DockerException, OSError, ValueError):
+        volume = client.volumes.get(f"{project}_coordinator-state")
+        runs = Path(volume.attrs["Mountpoint"]) / "runs"
+        if run is None:  # the newest run the coordinator keeps state for
+            found = sorted(runs.glob("*/coordinator-state.json"), key=lambda p: p.stat().st_mtime)
+            if not found:
+                return None
+            run = found[-1].parent.name
+        path = runs / run / "coordinator-state.json"
+        # The coordinator signs its state; the operator's view only reads the body.
+        return json.loads(json.loads(path.read_text())["state"])
+    except (DockerException, OSError, ValueError, KeyError, TypeError):
         return None
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--project", default="hefl")
-    parser.add_argument("--run", default="run-1")
+    parser.add_argument("--run", help="run id (default: the newest run of the coordinator)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     args = parser.parse_args(argv)
     try:
@@ -65,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     except DockerException as exc:
         print(f"error: cannot reach the Docker engine: {exc}", file=sys.stderr)
         return 1
-    rows = sorted((describe(c) for c in containers), key=lambda r: (r["service"], r["identity"]))
+    rows = sorted((describe(c) for c in containers), key=_order)
     progress = []
     for container in containers:
         if container.labels.get("com.docker.compose.service") == "coordinator":
@@ -77,17 +92,17 @@ def main(argv: list[str] | None = None) -> int:
     if not rows:
         print(f"no containers of project {args.project}: make up")
         return 0
-    print(f"{'SERVICE':<12} {'CONTAINER':<28} {'STATE':<14} {'HEALTH':<10} IDENTITY")
+    print(f"{'SERVICE':<18} {'CONTAINER':<32} {'STATE':<14} {'HEALTH':<10} IDENTITY")
     for r in rows:
         print(
-            f"{r['service']:<12} {r['container']:<28} {r['state']:<14} {r['health']:<10} "
+            f"{r['service']:<18} {r['container']:<32} {r['state']:<14} {r['health']:<10} "
             f"{r['identity']}"
         )
     print(f"progress: {progress[-1] if progress else 'no round closed yet'}")
     if state is not None:
         accepted = [len(record["accepted"]) for record in state.get("history", [])]
         print(
-            f"run {args.run}: phase {state.get('phase')} round {state.get('round')} "
+            f"run {state.get('run')}: phase {state.get('phase')} round {state.get('round')} "
             f"accepted per round {accepted} rejected {state.get('rejected')}"
         )
     return 0

@@ -1,6 +1,8 @@
 """Which hospital a container is: named, from its StatefulSet pod ordinal, or claimed.
 
-Replicas of one hospital service start alike, so each must find its own identity:
+The compose cluster and the Kubernetes manifests name every site (``HEFL_HOSPITAL``), since each
+site receives only its own key share (``hefl.sites``). Replicas of one scaled service that share
+one key folder would start alike, so each would have to find its own identity:
 
 - ``--hospital NAME`` names it;
 - ``--identity ordinal``: a StatefulSet pod ``name-K`` is ``hospital-(K+1)``;

@@ -8,8 +8,10 @@ One ceremony folder (``hefl keygen --keys DIR``) holds everything:
 - ``identities/trust.json``: every participant's verification key and role (public).
 
 A deployed role gets a folder of the same layout holding only what it may hold: its ``Share``.
-This module is the only place that decides which files those are, and how they are named as
-the flat keys of a Kubernetes Secret. It is pure; ``hefl.keyshare`` reads and writes the files.
+One site (``Share("hospital", "hospital-2")``) holds the hospital HE bundle, ``trust.json`` and
+its own signing key, never another participant's. This module is the only place that decides
+which files those are, and how they are named as the flat keys of a Kubernetes Secret. It is
+pure; ``hefl.keyshare`` reads and writes the files.
 """
 
 from __future__ import annotations
@@ -40,8 +42,8 @@ IDENTITIES: Final = "identities"
 HE_HOSPITAL_FILES: Final = (MANIFEST, CONTEXT, PUBLIC_KEY, SECRET_KEY)
 HE_COORDINATOR_FILES: Final = (MANIFEST, CONTEXT, PUBLIC_KEY)
 
-#: Whose share: the coordinator, one hospital, or every hospital (one folder shared by
-#: co-located hospital containers, as the compose cluster's hospital-keys volume).
+#: Whose share: the coordinator, one hospital (a site), or every hospital (the source the compose
+#: cluster's one-shot steps install each site's share from; no running hospital mounts it).
 COORDINATOR_ROLE: Final = "coordinator"
 HOSPITAL_ROLE: Final = "hospital"
 HOSPITALS_ROLE: Final = "hospitals"
@@ -121,6 +123,14 @@ class Share:
     def holds_secret_key(self) -> bool:
         return self.role != COORDINATOR_ROLE
 
+    def may_sign_as(self, name: str) -> bool:
+        """Whether this share may hold ``name``'s signing key: a site only its own."""
+        if self.role == COORDINATOR_ROLE:
+            return name == COORDINATOR
+        if self.hospital is not None:
+            return name == self.hospital
+        return name != COORDINATOR
+
     def signers(self, hospitals: Sequence[str]) -> tuple[str, ...]:
         """Whose signing keys the share holds, given the hospitals the ceremony issued."""
         if self.role == COORDINATOR_ROLE:
@@ -143,7 +153,7 @@ class Share:
             bundle = [PurePosixPath(HE_COORDINATOR, name) for name in HE_COORDINATOR_FILES]
         keys = [PurePosixPath(IDENTITIES, n, SIGNING_KEY_FILE) for n in self.signers(hospitals)]
         paths = (*bundle, *keys, TRUST_PATH)
-        refuse_secret(self, paths)
+        refuse_foreign(self, paths)
         return paths
 
     def __str__(self) -> str:
@@ -169,6 +179,29 @@ def refuse_secret(share: Share, paths: Sequence[PurePosixPath]) -> None:
         )
 
 
+def signer_of(path: PurePosixPath) -> str | None:
+    """Whose signing key ``path`` is (``identities/<name>/signing_key.pem``), else None."""
+    parts = path.parts
+    if len(parts) == 3 and parts[0] == IDENTITIES and parts[2] == SIGNING_KEY_FILE:
+        return parts[1]
+    return None
+
+
+def refuse_foreign(share: Share, paths: Sequence[PurePosixPath]) -> None:
+    """What a share may never hold: a secret key (the coordinator's), another participant's
+    signing key (a site holds only its own, the coordinator only its own)."""
+    refuse_secret(share, paths)
+    foreign = sorted(
+        {name for p in paths if (name := signer_of(p)) and not share.may_sign_as(name)},
+        key=_natural,
+    )
+    if foreign:
+        raise KeyBundleError(
+            f"refused: the key share of {share} would hold the signing key of "
+            f"{', '.join(foreign)}; each site receives only its own"
+        )
+
+
 # -- Kubernetes Secrets are flat: one key per file ---------------------------------------------
 
 
@@ -180,8 +213,9 @@ def flat_key(path: PurePosixPath) -> str:
         return f"{parts[0]}.{parts[1]}"
     if path == TRUST_PATH:
         return TRUST_FILE
-    if len(parts) == 3 and parts[0] == IDENTITIES and parts[2] == SIGNING_KEY_FILE:
-        return f"identity.{check_name(parts[1])}.pem"
+    name = signer_of(path)
+    if name is not None:
+        return f"identity.{check_name(name)}.pem"
     raise KeyBundleError(f"{path} is not key material of a share")
 
 

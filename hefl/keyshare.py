@@ -3,8 +3,9 @@
 ``hefl.keylayout`` decides which files a role receives; this module reads them from a ceremony
 folder or a mounted Secret and writes them into a role's key folder (0700 folders, 0600 files,
 each file written under a temporary name and renamed, ``trust.json`` last so that a folder with
-it is complete), then loads the result to prove it works. A coordinator's share or Secret that
-would hold a secret key is refused before anything is written, and checked again afterwards.
+it is complete), then loads the result to prove it works. A share or Secret that
+would hold what its role may not (the coordinator: a secret key; a site: another participant's
+signing key) is refused before anything is written, and checked again afterwards.
 """
 
 from __future__ import annotations
@@ -30,16 +31,17 @@ from hefl.keylayout import (
     TRUST_PATH,
     KeyLayout,
     Share,
+    check_name,
     flat_key,
     is_secret,
     key_ceremony,
     path_of,
-    refuse_secret,
+    refuse_foreign,
+    signer_of,
 )
 
 logger = logging.getLogger("hefl.keyshare")
 
-HOSPITAL_SECRET: Final = "hefl-hospital-keys"
 COORDINATOR_SECRET: Final = "hefl-coordinator-keys"
 DIR_MODE: Final = 0o700
 FILE_MODE: Final = 0o600
@@ -56,13 +58,18 @@ def read_share(ceremony: Path, share: Share) -> dict[PurePosixPath, bytes]:
 
 
 def read_secret(folder: Path, share: Share) -> dict[PurePosixPath, bytes]:
-    """``share``'s files from a mounted flat Secret; other hospitals' keys are left out."""
+    """``share``'s files from a mounted flat Secret, which must hold nothing its role may not.
+
+    A site's Secret (``hospital_secret``) holds only its own signing key; one that holds another
+    participant's is refused whole, as is a coordinator Secret with a secret key: the pod was
+    handed keys it must not hold, which no unpacking can undo.
+    """
     try:
         keys = sorted(e.name for e in folder.iterdir() if not e.name.startswith("."))
     except OSError as exc:
         raise KeyBundleError(f"{folder}: cannot list the mounted key Secret: {exc}") from exc
     available = [path_of(key) for key in keys]  # Kubernetes adds only dot-names (..data)
-    refuse_secret(share, available)  # a coordinator Secret with a secret key is refused whole
+    refuse_foreign(share, available)
     paths = share.paths(_hospitals(folder / flat_key(TRUST_PATH)))
     return {path: _read(folder, flat_key(path)) for path in paths}
 
@@ -73,7 +80,7 @@ def install(files: Files, dest: Path, share: Share, *, overwrite: bool = False) 
     Key material of another share or ceremony in ``dest`` is refused unless ``overwrite``, which
     replaces it (files of ``dest`` outside its key folders are never touched).
     """
-    refuse_secret(share, list(files))
+    refuse_foreign(share, list(files))
     existing = key_files(dest)
     if existing:
         if set(existing) == set(files) and all(
@@ -99,8 +106,10 @@ def install(files: Files, dest: Path, share: Share, *, overwrite: bool = False) 
 
 
 def verify(dest: Path, share: Share) -> None:
-    """Load what a role will load; for the coordinator, also prove there is no secret key."""
+    """Load what a role will load; prove the folder holds no signing key but the role's own, and
+    for the coordinator, no secret key."""
     layout = KeyLayout(dest)
+    refuse_foreign(share, [p for p in key_files(dest) if signer_of(p)])
     if not share.holds_secret_key:
         found = [str(p) for p in key_files(dest) if is_secret(p)]
         found += [str(p.relative_to(dest)) for p in dest.rglob("secret_key*")]
@@ -166,36 +175,41 @@ def issue_cluster_keys(
 
 def secret_data(files: Files, share: Share) -> dict[str, bytes]:
     """A role's Secret data: ``he-hospital.<file>``, ``trust.json``, ``identity.<name>.pem``..."""
-    refuse_secret(share, list(files))
+    refuse_foreign(share, list(files))
     data = {flat_key(path): content for path, content in files.items()}
-    refuse_secret(share, [path_of(key) for key in data])  # checked on what is handed out, too
+    refuse_foreign(share, [path_of(key) for key in data])  # checked on what is handed out, too
     return data
+
+
+def hospital_secret(hospital: str) -> str:
+    """The key Secret of one site, ``hefl-hospital-2-keys``: its pod alone mounts it."""
+    return f"hefl-{check_name(hospital)}-keys"
 
 
 def secret_manifest(name: str, data: Mapping[str, bytes], share: Share) -> dict[str, Any]:
     """A ``v1/Secret`` holding ``data``, for ``kubectl apply -f -``."""
+    labels = {"app.kubernetes.io/part-of": "hefl", "hefl.io/keys-for": share.role}
+    if share.hospital is not None:
+        labels["hefl.io/site"] = share.hospital
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": {
-            "name": name,
-            "labels": {"app.kubernetes.io/part-of": "hefl", "hefl.io/keys-for": share.role},
-        },
+        "metadata": {"name": name, "labels": labels},
         "type": "Opaque",
         "data": {key: base64.b64encode(value).decode("ascii") for key, value in data.items()},
     }
 
 
 def cluster_secrets(he: HEConfig, hospitals: list[str]) -> list[dict[str, Any]]:
-    """A fresh ceremony (in a private temporary folder, removed) as the two key Secrets."""
+    """A fresh ceremony (in a private temporary folder, removed) as key Secrets: the
+    coordinator's, and one per site holding only that site's signing key."""
+    shares = [(COORDINATOR_SECRET, Share("coordinator"))]
+    shares += [(hospital_secret(h), Share("hospital", h)) for h in hospitals]
     with tempfile.TemporaryDirectory(prefix="hefl-ceremony-") as work:
         ceremony = key_ceremony(Path(work) / "keys", he, hospitals, overwrite=False).root
         return [
             secret_manifest(name, secret_data(read_share(ceremony, share), share), share)
-            for name, share in (
-                (HOSPITAL_SECRET, Share("hospitals")),
-                (COORDINATOR_SECRET, Share("coordinator")),
-            )
+            for name, share in shares
         ]
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The compose cluster, as the Makefile drives it:
-#   tools/container_cluster.sh up [N]     credentials, images, start with N hospitals, follow
-#   tools/container_cluster.sh scale N    set the number of hospital replicas
+#   tools/container_cluster.sh up [N]     credentials, images, start with N hospital sites, follow
+#   tools/container_cluster.sh scale N    set the number of hospital sites (hospital-1..N)
 #   tools/container_cluster.sh status     containers, health, identities, run progress
 #   tools/container_cluster.sh logs       follow every service's log
 #   tools/container_cluster.sh down       stop and remove containers (volumes kept)
@@ -11,10 +11,14 @@
 # Environment: see docker/compose.yaml (HEFL_ROUNDS, HEFL_HOSPITALS, ...), BASE_IMAGE,
 # RABBITMQ_IMAGE, OFFLINE, HEFL_SKIP_BUILD=1 (use the images already built), HEFL_FOLLOW=0.
 # Identities: a new cluster issues HEFL_HOSPITALS of them (at least N; `up N` sets it to N when
-# unset), once; the count is remembered in docker/.env so that `scale` refuses more replicas.
+# unset), once; the count is remembered in docker/.env. Each identity is one site: the services
+# keys-hospital-K and hospital-K of the override docker/.generated/<project>.yaml, which
+# `python -m hefl.sites compose` writes (and which refuses more sites than identities). Broker
+# passwords are files in docker/.secrets/ (docker/broker_credentials.py), one user per identity.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PROJECT=${HEFL_PROJECT:-hefl}
+SITES=docker/.generated/$PROJECT.yaml
 if [ -n "${HEFL_COMPOSE:-}" ]; then read -r -a COMPOSE <<<"$HEFL_COMPOSE"
 elif docker compose version >/dev/null 2>&1; then COMPOSE=(docker compose)
 elif command -v docker-compose >/dev/null 2>&1; then COMPOSE=(docker-compose)
@@ -24,9 +28,10 @@ fi
 export HEFL_DATA_DIR
 py() { if [ -x .venv/bin/python ]; then .venv/bin/python "$@"; else python3 "$@"; fi; }
 compose() {
-  # The compose file requires the broker passwords even to stop containers: keep docker/.env.
-  [ -f docker/.env ] || py docker/broker_credentials.py
-  "${COMPOSE[@]}" -p "$PROJECT" --env-file docker/.env -f docker/compose.yaml "$@"
+  local files=(-f docker/compose.yaml) env=()
+  [ -f "$SITES" ] && files+=(-f "$SITES")   # the sites, once `up` wrote them
+  [ -f docker/.env ] && env=(--env-file docker/.env)
+  "${COMPOSE[@]}" -p "$PROJECT" "${env[@]}" "${files[@]}" "$@"
 }
 
 follow() {
@@ -43,7 +48,10 @@ follow() {
 }
 
 # The number of identities this cluster's keys hold: remembered in docker/.env when issued.
-issued_identities() { sed -n 's/^HEFL_HOSPITALS=\([0-9][0-9]*\)$/\1/p' docker/.env 2>/dev/null | tail -1; }
+issued_identities() {
+  [ -f docker/.env ] || return 0
+  sed -n 's/^HEFL_HOSPITALS=\([0-9][0-9]*\)$/\1/p' docker/.env | tail -1
+}
 keys_exist() { docker volume inspect "${PROJECT}_hospital-keys" >/dev/null 2>&1; }
 
 # `up N`: a new cluster issues HEFL_HOSPITALS identities (N when unset) and remembers the count;
@@ -54,44 +62,46 @@ identities_for_up() {
   if [ -z "$issued" ] || ! keys_exist; then
     issued=${HEFL_HOSPITALS:-$n}
     [ "$issued" -ge "$n" ] || { echo "error: HOSPITALS=$n is more than HEFL_HOSPITALS=$issued identities" >&2; exit 2; }
-    { grep -v '^HEFL_HOSPITALS=' docker/.env || true; echo "HEFL_HOSPITALS=$issued"; } >docker/.env.new
+    { grep -v '^HEFL_HOSPITALS=' docker/.env 2>/dev/null || true; echo "HEFL_HOSPITALS=$issued"; } >docker/.env.new
     chmod 600 docker/.env.new && mv docker/.env.new docker/.env
   elif [ -n "${HEFL_HOSPITALS:-}" ] && [ "$HEFL_HOSPITALS" != "$issued" ]; then
     echo "[cluster] keys exist for $issued identities; HEFL_HOSPITALS=$HEFL_HOSPITALS is ignored until make clean" >&2
   fi
   export HEFL_HOSPITALS=$issued
-  within_identities "$n"
 }
 
-within_identities() {
+# `sites N`: write the override for N sites (hefl.sites refuses more than the identities issued)
+# and print its site services.
+sites() {
   local issued; issued=$(issued_identities)
   [ -n "$issued" ] || { echo "error: no cluster keys issued yet: make up" >&2; exit 2; }
-  [ "$1" -le "$issued" ] || { echo "error: HOSPITALS=$1 is more than the $issued identities this cluster's keys hold; keys are issued once per cluster: make clean, then make up HOSPITALS=$1 (or HEFL_HOSPITALS=M HOSPITALS=$1 for room to scale to M)" >&2; exit 2; }
+  py -m hefl.sites compose --sites "$1" --issued "$issued" --out "$SITES"
 }
 
 case "${1:-}" in
   up)
     n=${2:?usage: up N}
-    py docker/broker_credentials.py
     identities_for_up "$n"
+    sites "$n" >/dev/null
+    py docker/broker_credentials.py --hospitals "$HEFL_HOSPITALS"
     export HEFL_EXPECT_HOSPITALS=${HEFL_EXPECT_HOSPITALS:-$n}
     [ "${HEFL_SKIP_BUILD:-0}" = 1 ] || bash tools/container_build.sh coordinator hospital
     echo "[cluster] $("${COMPOSE[@]}" version 2>/dev/null | head -1) ('${COMPOSE[*]}')" >&2
-    compose up -d --scale "hospital=$n"
+    compose up -d --remove-orphans
     [ "${HEFL_FOLLOW:-1}" = 1 ] && follow ;;
   scale)
-    within_identities "${2:?usage: scale N}"
-    compose up -d --no-recreate --no-deps --scale "hospital=$2" hospital ;;
+    # Only the sites: the coordinator (running, paused or finished) is left alone; sites beyond
+    # N are removed as orphans, their key volumes kept for scaling up again.
+    out=$(sites "${2:?usage: scale N}")
+    read -r -a services <<<"$out"
+    compose up -d --remove-orphans "${services[@]}" ;;
   status) py docker/status.py --project "$PROJECT" ;;
   logs) compose logs -f --tail=50 ;;
-  down)
-    compose down --remove-orphans
-    # Identity claims belong to containers that no longer exist; keys, shards, store and models stay.
-    docker volume rm "${PROJECT}_claims" >/dev/null 2>&1 || true ;;
+  down) compose down --remove-orphans ;;   # keys, shards, store and models stay
   clean)
     compose down --remove-orphans --volumes
     docker image rm -f "hefl-coordinator:${HEFL_TAG:-latest}" "hefl-hospital:${HEFL_TAG:-latest}" 2>/dev/null || true
-    rm -rf docker/.env docker/.secrets ;;
+    rm -rf docker/.env docker/.secrets "$SITES" ;;
   compose) shift; compose "$@" ;;
-  *) sed -n '2,12p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,17p' "$0" >&2; exit 2 ;;
 esac

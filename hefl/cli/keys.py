@@ -112,11 +112,16 @@ def keys_cluster(options: KeysClusterOptions) -> int:
 
 def keys_k8s_secrets(options: KeysSecretsOptions) -> int:
     from hefl.keyshare import cluster_secrets, render
+    from hefl.sites import broker
 
-    manifests = cluster_secrets(options.he(), options.names())
+    names = options.names()
+    manifests = cluster_secrets(options.he(), names)
+    passwords = broker.issue_passwords([*broker.participants(names), broker.ADMIN], {})
+    admin = passwords.pop(broker.ADMIN)
+    manifests += broker.k8s_secrets(names, passwords, admin)
     sys.stdout.write(render(manifests, options.format) + "\n")
-    names = ", ".join(m["metadata"]["name"] for m in manifests)
-    print(f"key Secrets {names}: {options.hospitals} hospital identities", file=sys.stderr)
+    listed = ", ".join(m["metadata"]["name"] for m in manifests)
+    print(f"Secrets {listed}: {options.hospitals} hospital identities", file=sys.stderr)
     return 0
 
 

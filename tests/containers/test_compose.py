@@ -7,12 +7,15 @@ What it does (as root, on a fresh Debian machine; a few minutes after the first 
    ``rabbitmq:3-management`` from Debian packages (no image registry is reachable in CI).
 2. ``tools/container_wheelhouse.sh`` fills ``docker/wheelhouse`` from this machine, and the
    project images are built through the ``BASE_IMAGE`` build argument with ``OFFLINE=1``.
-3. ``make up HOSPITALS=3`` starts the cluster and follows the coordinator; the test waits for 3
-   closed rounds, scales to 4 replicas (``make scale HOSPITALS=4``), kills one hospital container
-   in the middle of a round (Docker SDK), and waits for the run's end. Rounds take seconds, so
-   the test pauses the coordinator container (Docker SDK) while a replica starts or is killed:
-   that pins the round those events land in, so the assertions are exact.
-4. It asserts on the run's persisted state, the saved models and the key volumes, then ``down``.
+3. ``make up HOSPITALS=3`` starts the cluster (the sites hospital-1..3, one compose service each)
+   and follows the coordinator; the test waits for 3 closed rounds, scales to 4 sites (``make
+   scale HOSPITALS=4``), kills hospital-2's container in the middle of a round (Docker SDK), and
+   waits for the run's end. Rounds take seconds, so the test pauses the coordinator container
+   (Docker SDK) while a site starts or is killed: that pins the round those events land in, so
+   the assertions are exact.
+4. It asserts on the run's persisted state and the saved models; that each site's container
+   holds only its own signing key and broker login, the coordinator none of the hospitals', and
+   that no broker password is in any container's environment; then ``down``.
 
 It needs root (dockerd); without root it fails with the reason, never skips.
 """
@@ -32,10 +35,12 @@ from typing import Any
 
 import pytest
 
+from common.protocol import layout
+from common.protocol.layout import STATE_FILE
 from hefl.keylayout import Share
 from hefl.keyshare import key_files
 from testkit import images as testkit_images
-from testkit.cluster import sample_csv
+from testkit.cluster import read_signed_state, sample_csv
 from testkit.images import Build
 
 pytestmark = pytest.mark.cluster  # in `make test` (CI) and `make test-cluster`; not in bare pytest
@@ -95,7 +100,7 @@ class Cluster:
             HEFL_DATA_FILE=data.name,
             HEFL_ROUNDS=str(ROUNDS),
             HEFL_HOSPITALS=str(IDENTITIES),
-            HEFL_MIN_HOSPITALS="2",
+            HEFL_MIN_HOSPITALS="3",
             HEFL_ROUND_TIMEOUT="40",
             HEFL_FINAL_TIMEOUT="20",
             HEFL_MODEL_FLAGS="--hidden 8 --batch-size 64 --local-epochs 1",
@@ -145,16 +150,34 @@ class Cluster:
     def volume_path(self, name: str) -> Path:
         return Path(self.client.volumes.get(f"{self.project}_{name}").attrs["Mountpoint"])
 
-    def state(self) -> dict[str, Any] | None:
+    def run(self) -> str | None:
+        """The run id the coordinator picked (random: HEFL_RUN is unset)."""
         try:
-            path = self.volume_path("store") / "runs" / "run-1" / "coordinator-state.json"
-            return json.loads(path.read_text())
-        except Exception:
+            found = sorted(self.volume_path("coordinator-state").glob("runs/*/" + STATE_FILE))
+        except Exception:  # the volume does not exist yet
             return None
+        return found[0].parent.name if found else None
+
+    def state(self) -> dict[str, Any] | None:
+        run = self.run()
+        if run is None:
+            return None
+        return read_signed_state(self.volume_path("coordinator-state") / layout.state_key(run))
 
     def identity(self, container: Any) -> str | None:
         found = re.findall(r"event=identity_claimed hospital=(\S+)", container.logs().decode())
         return found[-1] if found else None
+
+    def site(self, name: str) -> Any | None:
+        """The container of the site ``name`` (its own compose service)."""
+        return next(iter(self.containers(name)), None)
+
+    def sites(self) -> list[Any]:
+        return [
+            c
+            for c in self.containers()
+            if re.fullmatch(r"hospital-\d+", c.labels["com.docker.compose.service"])
+        ]
 
     def wait(self, condition: Callable[[], Any], *, timeout: float, what: str) -> Any:
         deadline = time.monotonic() + timeout
@@ -189,6 +212,7 @@ class Cluster:
             capture_output=True,
             timeout=300,
         )
+        (ROOT / "docker" / ".generated" / f"{self.project}.yaml").unlink(missing_ok=True)
 
 
 def listing(folder: Path) -> set[str]:
@@ -197,6 +221,84 @@ def listing(folder: Path) -> set[str]:
 
 def share_files(share: Share, hospitals: int = 0) -> set[str]:
     return {str(p) for p in share.paths([f"hospital-{k}" for k in range(1, hospitals + 1)])}
+
+
+SIGNING_KEY = "signing_key.pem"
+SECRETS = ROOT / "docker" / ".secrets"
+
+
+def volume_mounts(container: Any) -> dict[str, tuple[str, Path]]:
+    """A container's named volumes: mount point -> (volume name, folder on the host)."""
+    return {
+        m["Destination"]: (m["Name"], Path(m["Source"]))
+        for m in container.attrs["Mounts"]
+        if m["Type"] == "volume"
+    }
+
+
+def signing_keys(container: Any) -> list[str]:
+    """Every signing key in any volume the container mounts, as ``<volume>/<path>``."""
+    return sorted(
+        f"{name}/{path.relative_to(folder)}"
+        for name, folder in volume_mounts(container).values()
+        for path in folder.rglob(SIGNING_KEY)
+    )
+
+
+def assert_one_identity_per_site(cluster: Cluster) -> None:
+    """Each site's container (the killed one too) mounts its own key volume, which holds the
+    hospital HE bundle, trust.json and exactly one signing key, its own; its broker password
+    file is its own. The coordinator's volumes hold its own signing key and no hospital's."""
+    sites = {c.labels["com.docker.compose.service"]: c for c in cluster.sites()}
+    assert sorted(sites) == [f"hospital-{k}" for k in range(1, 5)]
+    for site, container in sites.items():
+        container.reload()
+        mounts = volume_mounts(container)
+        volume, keys = mounts["/keys"]
+        assert volume == f"{cluster.project}_keys-{site}"
+        assert listing(keys) == share_files(Share("hospital", site), IDENTITIES)
+        assert signing_keys(container) == [f"{volume}/identities/{site}/{SIGNING_KEY}"]
+        assert not [m for m in mounts.values() if m[0].endswith("_hospital-keys")]
+        (secret,) = [m for m in container.attrs["Mounts"] if m["Destination"].startswith("/run/")]
+        assert secret["Destination"] == "/run/secrets/broker-password"
+        assert Path(secret["Source"]) == SECRETS / "broker" / f"{site}.password"
+    (coordinator,) = cluster.containers("coordinator")
+    volume = f"{cluster.project}_coordinator-keys"
+    assert signing_keys(coordinator) == [f"{volume}/identities/coordinator/{SIGNING_KEY}"]
+
+
+def assert_no_password_in_any_environment(cluster: Cluster) -> None:
+    """No container's configuration (docker inspect: Config.Env) holds a broker password; the
+    broker knows one user per site, each confined to its own queue."""
+    passwords = {p.stem: p.read_text().strip() for p in (SECRETS / "broker").glob("*.password")}
+    assert sorted(passwords) == sorted(["admin", "coordinator", *share_names(IDENTITIES)])
+    assert all(passwords.values()) and len(set(passwords.values())) == len(passwords)
+    containers = cluster.containers()
+    assert len(containers) >= 12  # rabbitmq, keygen, partition, coordinator, 2 per site
+    for container in containers:
+        env = container.attrs["Config"]["Env"] or []
+        leaked = [user for user, password in passwords.items() if password in "\n".join(env)]
+        assert leaked == [], (container.name, leaked)
+        assert not [v for v in env if re.search(r"://[^/@]*:[^/@]*@", v)]  # no user:password@
+        assert not [v for v in env if v.startswith("RABBITMQ_DEFAULT_")]
+    (rabbitmq,) = cluster.containers("rabbitmq")
+    done = rabbitmq.exec_run(["rabbitmqctl", "-q", "list_permissions", "-p", "hefl"])
+    assert done.exit_code == 0, done.output
+    granted = {
+        line.split("\t")[0]: line.split("\t")[1:]
+        for line in done.output.decode().splitlines()
+        if "\t" in line and not line.startswith("user\t")
+    }
+    assert sorted(granted) == sorted(["admin", "coordinator", *share_names(IDENTITIES)])
+    assert granted["hospital-2"] == [
+        r"^hefl\.announce\.hospital-2$",
+        r"^(hefl\.submit|hefl\.announce\.hospital-2)$",
+        r"^(hefl\.announce|hefl\.announce\.hospital-2)$",
+    ]
+
+
+def share_names(count: int) -> list[str]:
+    return [f"hospital-{k}" for k in range(1, count + 1)]
 
 
 def compose_env(flavour: str, tmp_path: Path) -> dict[str, str]:
@@ -243,17 +345,16 @@ def test_make_up_scale_kill_and_down_complete_the_run_on_quorum(
     # round can close, so it takes part from the round after the one in progress at the latest.
     with cluster.paused(coordinator):
         joined_round = cluster.state()["round"]  # type: ignore[index]
-        # 3 replicas claimed 3 distinct identities without any per-replica configuration.
-        names = {cluster.identity(c) for c in cluster.containers("hospital")}
-        assert names == {"hospital-1", "hospital-2", "hospital-3"}
+        # 3 sites, each its own service running as its own identity.
+        names = {
+            c.labels["com.docker.compose.service"]: cluster.identity(c) for c in cluster.sites()
+        }
+        assert names == {f"hospital-{k}": f"hospital-{k}" for k in (1, 2, 3)}
         cluster.script("scale", 4)
         newcomer = cluster.wait(
-            lambda: next(
-                (c for c in cluster.containers("hospital") if cluster.identity(c) == "hospital-4"),
-                None,
-            ),
-            timeout=120,
-            what="the 4th replica claiming hospital-4",
+            lambda: (c := cluster.site("hospital-4")) and cluster.identity(c) == "hospital-4" and c,
+            timeout=180,
+            what="the 4th site running as hospital-4",
         )
         cluster.wait(
             lambda: "hospital_ready" in newcomer.logs().decode(errors="replace"),
@@ -273,9 +374,8 @@ def test_make_up_scale_kill_and_down_complete_the_run_on_quorum(
         state = cluster.state()
         assert state is not None and state["phase"] == "round", state
         killed_round = state["round"]
-        victim = next(
-            c for c in cluster.containers("hospital") if cluster.identity(c) == "hospital-2"
-        )
+        victim = cluster.site("hospital-2")
+        assert victim is not None and cluster.identity(victim) == "hospital-2"
         victim.kill()
     assert killed_round < ROUNDS, f"the kill landed in the last round ({killed_round})"
     # A round now waits for hospital-2 until its deadline: time for the healthcheck to run.
@@ -295,7 +395,9 @@ def test_make_up_scale_kill_and_down_complete_the_run_on_quorum(
     used = re.search(r"^\[cluster\] .*ompose version .*$", up_log, re.MULTILINE)
     assert used and COMPOSE_VERSION[cluster.flavour] in used.group(0), up_log[:2000]
     assert f"round {ROUNDS}/{ROUNDS} closed" in up_log
-    assert "run run-1 finished" in up_log
+    run = cluster.run()
+    assert run is not None and re.fullmatch(r"run-\d{8}-\d{6}-[0-9a-f]{6}", run), run
+    assert f"run {run} finished" in up_log
 
     state = cluster.state()
     assert state is not None and state["phase"] == "done", state
@@ -322,14 +424,23 @@ def test_make_up_scale_kill_and_down_complete_the_run_on_quorum(
     models = cluster.volume_path("models")
     for name in ("hospital-1", "hospital-3", "hospital-4"):
         assert (models / name / "final_model.keras").stat().st_size > 0
-    assert (cluster.volume_path("store") / "runs" / "run-1" / "summary.json").exists()
-    # The HE secret key is in the hospitals' volume and nowhere in the coordinator's; each
-    # volume holds exactly its share (hefl keys-cluster), for IDENTITIES hospitals.
+    # The operator's summary stays in the coordinator's volume; the shared store has the
+    # aggregates and the public summary, and no hospital's update is left in it.
+    assert (cluster.volume_path("coordinator-state") / layout.summary_key(run)).exists()
+    store = cluster.volume_path("store")
+    public = json.loads((store / layout.public_summary_key(run)).read_text())
+    assert "holdout_metrics_by_hospital" not in json.dumps(public)
+    assert [p.name for p in store.rglob("*.blob") if "updates" in p.parts] == []
+    # The HE secret key is in the sites' volumes and nowhere in the coordinator's; the ceremony's
+    # hospital-keys volume (every site's share, for the one-shot key steps) holds exactly that
+    # share (hefl keys-cluster), for IDENTITIES hospitals.
     hospital_keys = cluster.volume_path("hospital-keys")
     assert list(hospital_keys.rglob("secret_key*"))
     assert not list(cluster.volume_path("coordinator-keys").rglob("secret_key*"))
     assert listing(cluster.volume_path("coordinator-keys")) == share_files(Share("coordinator"))
     assert listing(hospital_keys) == share_files(Share("hospitals"), IDENTITIES)
+    assert_one_identity_per_site(cluster)
+    assert_no_password_in_any_environment(cluster)
     # More replicas than identities: refused before compose is asked.
     refused = subprocess.run(
         cluster.command("scale", IDENTITIES + 1),
@@ -342,14 +453,15 @@ def test_make_up_scale_kill_and_down_complete_the_run_on_quorum(
     assert refused.returncode == 2 and f"{IDENTITIES} identities" in refused.stderr, refused.stderr
 
     cluster.wait(  # hospitals exit once their final model is saved and reported
-        lambda: all(c.reload() or c.status == "exited" for c in cluster.containers("hospital")),
+        lambda: all(c.reload() or c.status == "exited" for c in cluster.sites()),
         timeout=120,
         what="every hospital container to exit",
     )
     status = cluster.script("status")
     assert re.search(r"^coordinator +\S+ +exited \(0\) +- *$", status, re.MULTILINE), status
-    for name in ("hospital-1", "hospital-3", "hospital-4"):  # each replica's claimed identity
-        assert re.search(rf"^hospital +\S+ +exited \(0\) +- +{name}$", status, re.MULTILINE)
+    for name in ("hospital-1", "hospital-3", "hospital-4"):  # one service per site
+        assert re.search(rf"^{name} +\S+ +exited \(0\) +- +{name}$", status, re.MULTILINE)
+        assert re.search(rf"^keys-{name} +\S+ +exited \(0\) +- +{name}$", status, re.MULTILINE)
     assert f"phase done round {ROUNDS}" in status
 
     cluster.script("down")

@@ -123,17 +123,40 @@ def test_the_dockerfile_passes_hadolint_and_checkov() -> None:
     assert failed == []
 
 
-def test_only_hospital_pods_mount_the_he_secret_key(objects: list[dict[str, Any]]) -> None:
-    mounting = {
-        (o["kind"], o["metadata"]["name"])
+def mounted_secrets(workload: dict[str, Any]) -> set[str]:
+    return {v["secret"]["secretName"] for v in pod_volumes(workload).values() if "secret" in v}
+
+
+def sites(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """hospital-K -> its Deployment."""
+    return {
+        o["metadata"]["labels"]["hefl.io/site"]: o
         for o in objects
-        if o["kind"] in ("Deployment", "StatefulSet", "Job")
-        for v in pod_volumes(o).values()
-        if v.get("secret", {}).get("secretName") == "hefl-hospital-keys"
+        if o["kind"] == "Deployment" and "hefl.io/site" in o["metadata"].get("labels", {})
     }
-    assert mounting == {("StatefulSet", "hefl-hospital")}
-    coordinator = pod_volumes(by_kind(objects, "Deployment", "hefl-coordinator"))
-    assert coordinator["secret"]["secret"]["secretName"] == "hefl-coordinator-keys"
+
+
+def test_each_site_pod_mounts_only_its_own_secrets_and_only_sites_the_he_secret_key(
+    objects: list[dict[str, Any]],
+) -> None:
+    found = sites(objects)
+    assert sorted(found) == ["hospital-1", "hospital-2", "hospital-3", "hospital-4"]
+    for site, workload in found.items():
+        assert workload["metadata"]["name"] == f"hefl-{site}"
+        assert workload["spec"]["replicas"] == 1  # one identity, one pod
+        assert mounted_secrets(workload) == {f"hefl-{site}-keys", f"hefl-{site}-broker"}
+    workloads = [o for o in objects if o["kind"] in ("Deployment", "StatefulSet", "Job")]
+    key_holders = {
+        o["metadata"]["name"]
+        for o in workloads
+        for name in mounted_secrets(o)
+        if name.startswith("hefl-hospital-")
+    }
+    assert key_holders == {f"hefl-{site}" for site in found}  # no hospital StatefulSet either
+    assert mounted_secrets(by_kind(objects, "Deployment", "hefl-coordinator")) == {
+        "hefl-coordinator-keys",
+        "hefl-broker-credentials",
+    }
 
 
 def test_every_container_runs_non_root_read_only_with_limits_and_probes(
@@ -171,20 +194,30 @@ def test_network_policies_let_hospitals_reach_only_the_broker_and_nothing_reach_
             assert ports <= {53, 5672}, policy["metadata"]["name"]
 
 
-def test_the_hospital_identity_comes_from_the_pod_ordinal(objects: list[dict[str, Any]]) -> None:
-    hospital = by_kind(objects, "StatefulSet", "hefl-hospital")["spec"]["template"]["spec"]
-    for container in hospital["containers"] + hospital["initContainers"]:
-        env = {e["name"]: e.get("value") for e in container.get("env", [])}
-        assert env["HEFL_IDENTITY"] == "ordinal"
+def test_each_site_runs_as_its_own_identity_and_the_coordinator_expects_the_sites(
+    objects: list[dict[str, Any]],
+) -> None:
+    for site, workload in sites(objects).items():
+        pod = workload["spec"]["template"]["spec"]
+        for container in pod["containers"] + pod["initContainers"]:
+            env = {e["name"]: e.get("value") for e in container.get("env", [])}
+            assert env["HEFL_HOSPITAL"] == site and "HEFL_IDENTITY" not in env
+    coordinator = by_kind(objects, "Deployment", "hefl-coordinator")["spec"]["template"]["spec"]
+    (container,) = coordinator["containers"]
+    assert {"configMapRef": {"name": "hefl-sites"}} in container["envFrom"]
+    assert not [a for a in container["args"] if a.startswith("--expect-hospitals")]
+    config = by_kind(objects, "ConfigMap", "hefl-sites")["data"]
+    assert config == {
+        "HEFL_PARTICIPANTS": ",".join(sorted(sites(objects))),
+        "HEFL_EXPECT_HOSPITALS": str(len(sites(objects))),
+    }
 
 
 def test_init_containers_unpack_each_pod_its_share_through_hefl(
     objects: list[dict[str, Any]],
 ) -> None:
-    for kind, name, role in (
-        ("StatefulSet", "hefl-hospital", "hospital"),
-        ("Deployment", "hefl-coordinator", "coordinator"),
-    ):
+    workloads = [("Deployment", f"hefl-{site}", "hospital") for site in sites(objects)]
+    for kind, name, role in [*workloads, ("Deployment", "hefl-coordinator", "coordinator")]:
         pod = by_kind(objects, kind, name)["spec"]["template"]["spec"]
         (init,) = pod["initContainers"]
         assert init["args"] == ["unpack-keys", "--role", role]  # hefl keys-unpack
@@ -201,14 +234,22 @@ def test_the_number_of_hospitals_is_left_to_hefl(objects: list[dict[str, Any]]) 
     assert "HEFL_HOSPITALS" not in env and env["HEFL_DATASET"].startswith("/data/")
 
 
-def test_the_compose_file_keeps_the_secret_key_out_of_the_coordinator() -> None:
-    compose = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
-    services = compose["services"]
+def test_the_compose_file_keeps_every_site_key_out_of_running_containers() -> None:
+    from hefl.sites.compose import override
+
+    base = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
+    services = {**base["services"], **override(base, sites=3, issued=4)["services"]}
+    services["coordinator"] = base["services"]["coordinator"]
     holders = {
         name
         for name, s in services.items()
-        if any("hospital-keys:" in v for v in s.get("volumes", []))
+        if any(v.startswith("hospital-keys:") for v in s.get("volumes", []))
     }
-    assert holders == {"keygen", "hospital"}  # keygen writes it; only hospitals read it
+    # keygen writes every site's share; only the one-shot key steps read it (no network)
+    assert holders == {"keygen", "keys-hospital-1", "keys-hospital-2", "keys-hospital-3"}
+    assert all(services[h].get("network_mode") == "none" for h in holders)
+    for k in (1, 2, 3):
+        keys = [v for v in services[f"hospital-{k}"]["volumes"] if "keys" in v.split(":")[0]]
+        assert keys == [f"keys-hospital-{k}:/keys:ro"]
     assert all(s.get("read_only") for n, s in services.items() if n != "rabbitmq")
-    assert "container_name" not in services["hospital"]  # replicas scale
+    assert "hospital" not in services

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ("docker/entrypoint.sh", "k8s/make-secrets.sh")
 #: What deciding which key file goes where looks like in shell.
 FILE_SELECTION = {
-    "copies or moves files": r"\b(cp|mv|install|ln|rsync|tar)\s",
+    "copies or moves files": r"(?<![\w-])(cp|mv|install|ln|rsync|tar)\s",  # not keys-install
     "loops": r"\b(for|while)\b",
     "kubectl's --from-file": r"--from-file",
     "names of key files": r"he-hospital|he-coordinator|signing_key|trust\.json|identity\.",
@@ -52,6 +52,8 @@ def test_the_file_selection_check_would_catch_the_former_scripts() -> None:
     former = 'for d in "$work"/identities/hospital-*; do cp -a "$d" /keys/identities/; done'
     caught = [what for what, rx in FILE_SELECTION.items() if re.search(rx, former)]
     assert caught == ["copies or moves files", "loops"]
+    assert re.search(FILE_SELECTION["copies or moves files"], "install -m 600 key /keys/")
+    assert not re.search(FILE_SELECTION["copies or moves files"], "exec hefl keys-install ")
 
 
 @pytest.mark.parametrize(
@@ -69,6 +71,7 @@ def test_every_entrypoint_role_runs_a_hefl_subcommand_that_exists() -> None:
     )
     assert roles == {
         "keygen": "keys-cluster",
+        "install-keys": "keys-install",
         "partition": "partition",
         "coordinator": "coordinator",
         "hospital": "hospital-replica",
@@ -107,11 +110,21 @@ def test_one_default_number_of_hospital_identities_for_compose_and_kubernetes() 
 
 
 def test_the_containers_name_their_folders_through_hefl_variables() -> None:
-    services = yaml.safe_load((ROOT / "docker/compose.yaml").read_text())["services"]
-    known = {flag.variable for flag in FLAGS.values()} | {"HEFL_ARGS", "HEFL_BROKER_URL_FILE"}
-    for name, service in services.items():
+    from hefl.sites.compose import override
+
+    base = yaml.safe_load((ROOT / "docker/compose.yaml").read_text())
+    sites = override(base, sites=2, issued=3)["services"]
+    known = {flag.variable for flag in FLAGS.values()} | {"HEFL_ARGS"}
+    for name, service in [*base["services"].items(), *sites.items()]:
         for variable in service.get("environment", {}):
             assert not variable.startswith("HEFL_") or variable in known, (name, variable)
+
+
+def test_the_cluster_script_leaves_the_sites_to_hefl() -> None:
+    """No site is named, counted or scaled in shell: hefl.sites writes the sites' services."""
+    code = code_lines("tools/container_cluster.sh")
+    assert re.findall(r"hospital-[0-9$]|--scale|claims", code) == []
+    assert "-m hefl.sites compose" in code
 
 
 # -- the cluster's one-shot partition ------------------------------------------------------------

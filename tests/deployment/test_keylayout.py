@@ -1,5 +1,6 @@
-"""Key shares: which files each role receives, written safely, and never a secret key for the
-coordinator. Real keys from a real (small, default-parameter) ceremony."""
+"""Key shares: which files each role receives, written safely, never a secret key for the
+coordinator, and never another site's signing key for a site. Real keys from a real (small,
+default-parameter) ceremony."""
 
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ from hefl.cli import main
 from hefl.keylayout import KeyLayout, Share, flat_key, key_ceremony, path_of
 from hefl.keyshare import (
     COORDINATOR_SECRET,
-    HOSPITAL_SECRET,
     cluster_secrets,
+    hospital_secret,
     install,
     issue_cluster_keys,
     key_files,
@@ -60,7 +61,8 @@ def ceremony(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def secrets() -> dict[str, dict[str, bytes]]:
-    """The two Kubernetes Secrets of a fresh ceremony, name -> flat key -> bytes."""
+    """The key Secrets of a fresh ceremony (the coordinator's, one per site), name -> flat key
+    -> bytes."""
     return {
         m["metadata"]["name"]: {k: base64.b64decode(v) for k, v in m["data"].items()}
         for m in cluster_secrets(HE, HOSPITALS)
@@ -159,6 +161,64 @@ def test_a_secret_key_found_in_the_coordinator_folder_after_writing_fails_verifi
         verify(dest, Share("coordinator"))
 
 
+def test_a_site_share_holds_exactly_its_own_signing_key_and_refuses_anothers(
+    ceremony: Path, tmp_path: Path
+) -> None:
+    share = Share("hospital", "hospital-2")
+    files = read_share(ceremony, share)
+    signing = [p for p in files if p.name == "signing_key.pem"]
+    assert signing == [PurePosixPath("identities/hospital-2/signing_key.pem")]
+    foreign = PurePosixPath("identities/hospital-1/signing_key.pem")
+    smuggled = {**files, foreign: (ceremony / foreign).read_bytes()}
+    dest = tmp_path / "site"
+    with pytest.raises(
+        KeyBundleError, match=r"hospital-2 would hold the signing key of hospital-1"
+    ):
+        install(smuggled, dest, share)
+    assert not dest.exists()  # refused before anything is written
+    with pytest.raises(KeyBundleError, match="hospital-1"):
+        secret_data(smuggled, share)
+    coordinator_key = PurePosixPath("identities/coordinator/signing_key.pem")
+    with pytest.raises(KeyBundleError, match="coordinator"):
+        install({**files, coordinator_key: b"x"}, dest, share)
+    hospital_key = read_share(ceremony, Share("hospitals"))[foreign]
+    coordinator = read_share(ceremony, Share("coordinator"))
+    with pytest.raises(KeyBundleError, match="hospital-1"):
+        install({**coordinator, foreign: hospital_key}, dest, Share("coordinator"))
+
+
+def test_another_sites_signing_key_found_in_a_site_folder_after_writing_fails_verification(
+    ceremony: Path, tmp_path: Path
+) -> None:
+    share = Share("hospital", "hospital-2")
+    dest = tmp_path / "site"
+    install(read_share(ceremony, share), dest, share)
+    verify(dest, share)
+    stray = dest / "identities/hospital-3/signing_key.pem"
+    stray.parent.mkdir()
+    shutil.copy(ceremony / "identities/hospital-3/signing_key.pem", stray)
+    with pytest.raises(KeyBundleError, match="hospital-3"):
+        verify(dest, share)
+
+
+def test_each_site_installs_only_its_own_share_from_every_sites_share(
+    ceremony: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The compose cluster's one-shot key steps: keygen wrote every site's share (hospital-keys),
+    keys-hospital-K copies hospital-K's into that site's own volume; again, it changes nothing."""
+    everyone = tmp_path / "hospital-keys"
+    install(read_share(ceremony, Share("hospitals")), everyone, Share("hospitals"))
+    for site in HOSPITALS:
+        dest = tmp_path / f"keys-{site}"
+        args = ["keys-install", "--ceremony", str(everyone), "--role", "hospital"]
+        assert main([*args, "--hospital", site, "--keys", str(dest), "--overwrite"]) == 0
+        assert listing(dest) == EXPECTED[Share("hospital", site)]
+        assert [p.name for p in (dest / "identities").iterdir() if p.is_dir()] == [site]
+        assert KeyLayout(dest).codec(site).identity.name == site
+        assert main([*args, "--hospital", site, "--keys", str(dest), "--overwrite"]) == 0
+        assert "already in place" in capsys.readouterr().out
+
+
 def test_installing_the_same_share_again_changes_nothing_and_another_needs_overwrite(
     ceremony: Path, tmp_path: Path
 ) -> None:
@@ -206,22 +266,26 @@ def test_flat_secret_keys_round_trip_and_unknown_keys_are_refused() -> None:
             path_of(key)
 
 
-def test_kubernetes_secrets_hold_each_role_its_files_and_the_coordinator_no_secret_key(
+def test_kubernetes_secrets_hold_each_site_only_its_own_signing_key_and_the_coordinator_none(
     secrets: dict[str, dict[str, bytes]],
 ) -> None:
-    assert set(secrets) == {HOSPITAL_SECRET, COORDINATOR_SECRET}
+    assert set(secrets) == {COORDINATOR_SECRET, *(hospital_secret(h) for h in HOSPITALS)}
+    assert hospital_secret("hospital-2") == "hefl-hospital-2-keys"
     coordinator = set(secrets[COORDINATOR_SECRET])
     assert coordinator == {flat_key(PurePosixPath(p)) for p in EXPECTED[Share("coordinator")]}
     assert not [k for k in coordinator if "secret" in k or k.startswith("he-hospital")]
-    hospitals = set(secrets[HOSPITAL_SECRET])
-    assert hospitals == {flat_key(PurePosixPath(p)) for p in EXPECTED[Share("hospitals")]}
-    assert "he-hospital.secret_key.seal" in hospitals
+    for hospital in HOSPITALS:
+        site = set(secrets[hospital_secret(hospital)])
+        expected = EXPECTED[Share("hospital", hospital)]
+        assert site == {flat_key(PurePosixPath(p)) for p in expected}
+        assert [k for k in site if k.startswith("identity.")] == [f"identity.{hospital}.pem"]
+        assert "he-hospital.secret_key.seal" in site
 
 
 def test_unpack_gives_a_hospital_only_its_own_signing_key_and_it_loads(
     secrets: dict[str, dict[str, bytes]], tmp_path: Path
 ) -> None:
-    mounted = mount(tmp_path / "secret", secrets[HOSPITAL_SECRET])
+    mounted = mount(tmp_path / "secret", secrets[hospital_secret("hospital-2")])
     share = Share("hospital", "hospital-2")
     dest = tmp_path / "keys"
     install(read_secret(mounted, share), dest, share)
@@ -242,12 +306,26 @@ def test_unpack_gives_the_coordinator_its_public_share_and_it_loads(
     load_coordinator_bundle(KeyLayout(dest).he_coordinator)
 
 
-def test_unpacking_the_hospitals_secret_as_the_coordinator_is_refused(
+def test_unpacking_a_site_secret_as_the_coordinator_is_refused(
     secrets: dict[str, dict[str, bytes]], tmp_path: Path
 ) -> None:
-    mounted = mount(tmp_path / "secret", secrets[HOSPITAL_SECRET])
+    mounted = mount(tmp_path / "secret", secrets[hospital_secret("hospital-1")])
     with pytest.raises(KeyBundleError, match="secret"):
         read_secret(mounted, Share("coordinator"))
+
+
+def test_unpacking_another_sites_secret_or_one_holding_every_site_key_is_refused(
+    secrets: dict[str, dict[str, bytes]], tmp_path: Path
+) -> None:
+    share = Share("hospital", "hospital-2")
+    other = mount(tmp_path / "other", secrets[hospital_secret("hospital-1")])
+    with pytest.raises(KeyBundleError, match=r"hospital-2.*signing key of hospital-1"):
+        read_secret(other, share)
+    everyone = {k: v for name in HOSPITALS for k, v in secrets[hospital_secret(name)].items()}
+    combined = mount(tmp_path / "combined", everyone)  # the former all-hospitals Secret
+    with pytest.raises(KeyBundleError, match=r"signing key of hospital-1, hospital-3"):
+        read_secret(combined, share)
+    assert not (tmp_path / "keys").exists()
 
 
 def test_secret_manifests_render_as_yaml_and_json_with_the_same_content(
@@ -307,16 +385,22 @@ def test_keys_install_copies_a_share_and_reports_errors_with_exit_codes(
     assert main([*same, "--role", "coordinator"]) == 2
 
 
-def test_keys_unpack_takes_the_hospital_from_the_pod_ordinal(
+def test_keys_unpack_takes_the_hospital_named_or_from_the_pod_ordinal(
     secrets: dict[str, dict[str, bytes]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("HOSTNAME", "hefl-hospital-2")  # as in a StatefulSet pod
-    mounted = mount(tmp_path / "secret", secrets[HOSPITAL_SECRET])
+    mounted = mount(tmp_path / "secret", secrets[hospital_secret("hospital-3")])
     dest = tmp_path / "keys"
     common = ["keys-unpack", "--secret-dir", str(mounted), "--keys", str(dest), "--role"]
     assert main([*common, "hospital", "--identity", "claim"]) == 2  # a Secret is not claimed
     assert main([*common, "hospital", "--identity", "ordinal"]) == 0
     assert listing(dest) == EXPECTED[Share("hospital", "hospital-3")]
+    named = ["keys-unpack", "--secret-dir", str(mounted), "--role", "hospital"]
+    assert main([*named, "--hospital", "hospital-3", "--keys", str(tmp_path / "named")]) == 0
+    assert listing(tmp_path / "named") == EXPECTED[Share("hospital", "hospital-3")]
+    # a site's pod given another site's Secret: refused (exit 4), nothing written
+    assert main([*named, "--hospital", "hospital-1", "--keys", str(tmp_path / "other")]) == 4
+    assert not (tmp_path / "other").exists()
 
 
 def test_keys_k8s_secrets_prints_manifests_and_writes_nothing(
@@ -326,6 +410,11 @@ def test_keys_k8s_secrets_prints_manifests_and_writes_nothing(
     assert main(["keys-k8s-secrets", "--hospitals", "2", "--format", "json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     names = {item["metadata"]["name"]: set(item["data"]) for item in printed["items"]}
-    assert names[HOSPITAL_SECRET] >= {"identity.hospital-1.pem", "identity.hospital-2.pem"}
+    for site in ("hospital-1", "hospital-2"):
+        keys = [k for k in names[hospital_secret(site)] if k.startswith("identity.")]
+        assert keys == [f"identity.{site}.pem"]
+        assert names[f"hefl-{site}-broker"] == {"password"}  # its own broker login only
+    assert names["hefl-broker-credentials"] == {"coordinator-password", "admin-password"}
+    assert names["hefl-broker-definitions"] == {"definitions.json"}
     assert list(tmp_path.iterdir()) == []
     assert main(["keys-k8s-secrets", "--hospitals", "9", "--max-hospitals", "8"]) == 2

@@ -1,0 +1,114 @@
+"""Broker logins of a cluster: one RabbitMQ user per participant, each with its own password.
+
+Every participant (the coordinator and each issued hospital identity) logs in as the user of its
+own name, so the ``user_id`` the broker checks on each message is the sender's identity. What
+each user may do is ``common.transport.brokerconf.BrokerPlan``'s: a hospital may declare, bind
+and consume only its own announce queue and publish only to the submit exchange. A participant
+gets its password as a file (``hefl --broker-password-file``), never as an environment variable,
+and ``PARTICIPANT_URL`` as its broker URL: no user (hefl logs in as the participant's identity),
+no password.
+
+Pure functions: ``docker/broker_credentials.py`` writes the compose cluster's files from them, and
+``hefl keys-k8s-secrets`` prints them as Kubernetes Secrets.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final
+
+from common.transport.brokerconf import DEFAULT_VHOST, BrokerPlan
+from common.transport.names import COORDINATOR
+
+#: The broker's name in both deployments (compose service, Kubernetes Service).
+BROKER_HOST: Final = "rabbitmq"
+BROKER_PORT: Final = 5672
+#: The operator's user of the management UI (administrator tag, every permission).
+ADMIN: Final = "admin"
+#: Every participant's broker URL, in both deployments: its identity is its user.
+PARTICIPANT_URL: Final = f"amqp://{BROKER_HOST}:{BROKER_PORT}/{DEFAULT_VHOST}"
+DEFINITIONS_KEY: Final = "definitions.json"
+DEFINITIONS_SECRET: Final = "hefl-broker-definitions"
+#: The coordinator's password (``coordinator-password``), the operator's (``admin-password``).
+CREDENTIALS_SECRET: Final = "hefl-broker-credentials"
+
+
+def participants(hospitals: Sequence[str]) -> tuple[str, ...]:
+    """Who logs in: the coordinator and every hospital identity."""
+    return plan(hospitals).participants
+
+
+def plan(hospitals: Sequence[str]) -> BrokerPlan:
+    """The broker users and permissions of a cluster whose ceremony issued ``hospitals``."""
+    return BrokerPlan(hospitals=tuple(hospitals), vhost=DEFAULT_VHOST)
+
+
+def issue_passwords(
+    names: Sequence[str],
+    known: Mapping[str, str],
+    *,
+    token: Callable[[], str] = lambda: secrets.token_urlsafe(24),
+) -> dict[str, str]:
+    """A password for each of ``names``: the one already ``known``, else a new random one."""
+    return {name: known.get(name) or token() for name in names}
+
+
+def definitions(
+    hospitals: Sequence[str], passwords: Mapping[str, str], admin_password: str
+) -> dict[str, Any]:
+    """RabbitMQ's definitions: vhost, one user per participant plus ``admin``, permissions,
+    queue limits and the shared topology (``BrokerPlan.definitions``).
+
+    The hospitals' announce queues are left out: each site declares its own when it first
+    connects (its user may). Declared at the broker's boot, the queue of a site that starts
+    later (``make scale``) would hold every round announced before it existed, and the site
+    would train for those rounds only to have its updates rejected as late; a new site asks for
+    the round in progress instead (hello). The exchanges and the coordinator's queue are
+    declared, so sites can start before the coordinator.
+    """
+    broker = plan(hospitals)
+    rendered = broker.definitions(passwords, admin_password=admin_password)
+    own = {broker.names.announce_queue(h) for h in hospitals}
+    rendered["queues"] = [q for q in rendered["queues"] if q["name"] not in own]
+    rendered["bindings"] = [b for b in rendered["bindings"] if b["destination"] not in own]
+    return rendered
+
+
+def site_secret(hospital: str) -> str:
+    """The Kubernetes Secret holding one site's broker password: only that site's pod mounts it."""
+    return f"hefl-{hospital}-broker"
+
+
+def k8s_secrets(
+    hospitals: Sequence[str], passwords: Mapping[str, str], admin_password: str
+) -> list[dict[str, Any]]:
+    """The broker's definitions, the coordinator's and admin's passwords, one password per site
+    (key ``password``)."""
+    rendered = json.dumps(definitions(hospitals, passwords, admin_password), indent=2)
+    shared = {
+        f"{COORDINATOR}-password": passwords[COORDINATOR],
+        f"{ADMIN}-password": admin_password,
+    }
+    return [
+        _secret(DEFINITIONS_SECRET, {DEFINITIONS_KEY: rendered}, BROKER_HOST),
+        _secret(CREDENTIALS_SECRET, shared, COORDINATOR),
+        *(_secret(site_secret(h), {"password": passwords[h]}, h, site=h) for h in hospitals),
+    ]
+
+
+def _secret(
+    name: str, data: Mapping[str, str], owner: str, site: str | None = None
+) -> dict[str, Any]:
+    labels = {"app.kubernetes.io/part-of": "hefl", "hefl.io/broker-credentials-for": owner}
+    if site is not None:
+        labels["hefl.io/site"] = site
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "labels": labels},
+        "type": "Opaque",
+        "data": {k: base64.b64encode(v.encode()).decode("ascii") for k, v in data.items()},
+    }

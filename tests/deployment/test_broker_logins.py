@@ -1,0 +1,149 @@
+"""One broker user per site: docker/broker_credentials.py (compose) and hefl.sites.broker
+(Kubernetes, through hefl keys-k8s-secrets) give every participant its own user and password, in
+a file and never in an environment variable, with RabbitMQ permissions confined to its own
+queue."""
+
+from __future__ import annotations
+
+import base64
+import json
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from hefl.sites import broker
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "docker" / "broker_credentials.py"
+
+
+def generate(folder: Path, hospitals: int) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), "--hospitals", str(hospitals), "--dir", str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_each_hospital_is_confined_to_its_own_queue_and_the_submit_exchange() -> None:
+    rendered = broker.definitions(
+        ["hospital-1", "hospital-2"],
+        {"coordinator": "c", "hospital-1": "one", "hospital-2": "two"},
+        "root",
+    )
+    users = [u["name"] for u in rendered["users"]]
+    assert users == ["coordinator", "hospital-1", "hospital-2", "admin"]
+    granted = {p["user"]: p for p in rendered["permissions"]}
+    assert {p["vhost"] for p in granted.values()} == {"hefl"}
+    for site in ("hospital-1", "hospital-2"):
+        own = rf"hefl\.announce\.{site}"
+        assert (granted[site]["configure"], granted[site]["write"], granted[site]["read"]) == (
+            f"^{own}$",
+            rf"^(hefl\.submit|{own})$",
+            rf"^(hefl\.announce|{own})$",
+        )
+    # no wildcard for anyone but the operator, and no hospital may read the submissions
+    for user, grant in granted.items():
+        patterns = (grant["configure"], grant["write"], grant["read"])
+        assert (".*" in "".join(patterns)) == (user == "admin"), user
+    assert "submit" not in granted["hospital-1"]["read"]
+    # the shared topology is declared; each site declares its own queue when it first connects
+    assert sorted(e["name"] for e in rendered["exchanges"]) == ["hefl.announce", "hefl.submit"]
+    assert [q["name"] for q in rendered["queues"]] == ["hefl.submit.coordinator"]
+    assert [(b["source"], b["destination"]) for b in rendered["bindings"]] == [
+        ("hefl.submit", "hefl.submit.coordinator")
+    ]
+
+
+def test_participants_log_in_as_themselves_with_a_password_from_a_file() -> None:
+    from common.transport.settings import with_password
+
+    parts = urlsplit(broker.PARTICIPANT_URL)
+    assert (parts.scheme, parts.hostname, parts.port, parts.path) == (
+        "amqp",
+        "rabbitmq",
+        5672,
+        "/hefl",
+    )
+    assert parts.username is None and parts.password is None  # the URL holds no secret
+    logged_in = urlsplit(with_password(broker.PARTICIPANT_URL, "pw", user="hospital-3"))
+    assert (logged_in.username, logged_in.password) == ("hospital-3", "pw")
+    assert broker.issue_passwords(["a", "b"], {"a": "kept"}, token=lambda: "new") == {
+        "a": "kept",
+        "b": "new",
+    }
+
+
+def test_compose_credentials_are_files_one_per_participant_kept_across_runs(
+    tmp_path: Path,
+) -> None:
+    done = generate(tmp_path, 3)
+    assert done.returncode == 0, done.stderr
+    secrets = tmp_path / ".secrets"
+    files = secrets / "broker"
+    assert sorted(p.name for p in files.iterdir()) == [
+        "admin.password",
+        "coordinator.password",
+        "hospital-1.password",
+        "hospital-2.password",
+        "hospital-3.password",
+    ]
+    assert mode(secrets) == mode(files) == 0o700  # only the operator reaches the files
+    assert mode(files / "admin.password") == 0o600
+    assert mode(files / "hospital-1.password") == 0o644  # read by the container's own user
+    passwords = {p.stem: p.read_text().strip() for p in files.iterdir()}
+    assert len(set(passwords.values())) == 5  # one password per user
+    definitions = json.loads((secrets / "definitions.json").read_text())
+    assert [u["name"] for u in definitions["users"]] == [
+        "coordinator",
+        "hospital-1",
+        "hospital-2",
+        "hospital-3",
+        "admin",
+    ]
+    assert not [p for p in passwords.values() if p in json.dumps(definitions)]  # hashes only
+    assert not (tmp_path / ".env").exists()  # no password in compose's variables
+
+    before = {p.name: p.read_text() for p in files.iterdir()}
+    assert generate(tmp_path, 3).returncode == 0
+    assert {p.name: p.read_text() for p in files.iterdir()} == before  # make up again: kept
+    assert generate(tmp_path, 2).returncode == 0  # identities issued again, fewer
+    assert not (files / "hospital-3.password").exists()
+    assert (files / "hospital-1.password").read_text() == before["hospital-1.password"]
+
+
+def test_compose_credentials_need_at_least_one_hospital(tmp_path: Path) -> None:
+    done = generate(tmp_path, 0)
+    assert done.returncode == 2 and "at least one hospital" in done.stderr
+
+
+@pytest.mark.parametrize("sites", [1, 3])
+def test_kubernetes_broker_secrets_give_each_site_only_its_own_login(sites: int) -> None:
+    names = [f"hospital-{k}" for k in range(1, sites + 1)]
+    passwords = {p: f"pw-{p}" for p in broker.participants(names)}
+    manifests = broker.k8s_secrets(names, passwords, "admin-pw")
+    by_name = {m["metadata"]["name"]: m for m in manifests}
+    assert set(by_name) == {
+        "hefl-broker-definitions",
+        "hefl-broker-credentials",
+        *(f"hefl-{site}-broker" for site in names),
+    }
+    for site in names:
+        data = by_name[f"hefl-{site}-broker"]["data"]
+        assert {k: base64.b64decode(v).decode() for k, v in data.items()} == {
+            "password": f"pw-{site}"
+        }
+    shared = by_name["hefl-broker-credentials"]["data"]
+    assert {k: base64.b64decode(v).decode() for k, v in shared.items()} == {
+        "coordinator-password": "pw-coordinator",
+        "admin-password": "admin-pw",
+    }
