@@ -145,6 +145,21 @@ def _speaker(message: Message) -> tuple[str, Role]:
     return COORDINATOR, "coordinator"
 
 
+def _envelope(data: bytes, field: str, *, not_json: type[ProtocolError]) -> tuple[str, str, str]:
+    """``(signer, body, sig)`` of a signed envelope whose body is under ``field``."""
+    what = "message" if field == "body" else field
+    try:
+        envelope = json.loads(data)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise not_json(f"envelope is not JSON: {exc}") from exc
+    if not isinstance(envelope, dict) or set(envelope) != {"signer", field, "sig"}:
+        raise SignatureError(f"unsigned {what}: expected an envelope {{signer, {field}, sig}}")
+    signer, body, sig = envelope["signer"], envelope[field], envelope["sig"]
+    if not all(isinstance(v, str) for v in (signer, body, sig)):
+        raise SignatureError(f"{what} envelope fields must be strings")
+    return signer, body, sig
+
+
 class MessageCodec:
     """Signs what this participant sends; verifies and binds what it receives."""
 
@@ -167,35 +182,24 @@ class MessageCodec:
 
     def wrap(self, body: bytes) -> bytes:
         """Sign raw body bytes (``encode`` does this for a message)."""
-        signature = self.identity.key.sign(_CONTEXT + body)
-        envelope = {
-            "signer": self.identity.name,
-            "body": body.decode(),
-            "sig": base64.b64encode(signature).decode(),
-        }
-        return json.dumps(envelope, separators=(",", ":")).encode()
+        return self._sign(_CONTEXT, "body", body)
 
     def seal_state(self, body: bytes) -> bytes:
         """Sign persisted state with this participant's own key (``open_state`` checks it)."""
-        signature = self.identity.key.sign(_STATE_CONTEXT + body)
+        return self._sign(_STATE_CONTEXT, "state", body)
+
+    def _sign(self, context: bytes, field: str, body: bytes) -> bytes:
+        signature = self.identity.key.sign(context + body)
         envelope = {
             "signer": self.identity.name,
-            "state": body.decode(),
+            field: body.decode(),
             "sig": base64.b64encode(signature).decode(),
         }
         return json.dumps(envelope, separators=(",", ":")).encode()
 
     def open_state(self, data: bytes) -> bytes:
         """The state body, if this participant itself signed it; SignatureError otherwise."""
-        try:
-            envelope = json.loads(data)
-        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-            raise SignatureError(f"signed state is not JSON: {exc}") from exc
-        if not isinstance(envelope, dict) or set(envelope) != {"signer", "state", "sig"}:
-            raise SignatureError("unsigned state: expected an envelope {signer, state, sig}")
-        signer, body, sig = envelope["signer"], envelope["state"], envelope["sig"]
-        if not all(isinstance(v, str) for v in (signer, body, sig)):
-            raise SignatureError("state envelope fields must be strings")
+        signer, body, sig = _envelope(data, "state", not_json=SignatureError)
         if signer != self.identity.name:
             raise SignatureError(f"state signed by {signer!r:.60}, not by {self.identity.name}")
         try:
@@ -213,15 +217,7 @@ class MessageCodec:
         """Verify the envelope, then parse and bind the message; ProtocolError on any failure."""
         if len(data) > 2 * MAX_MESSAGE_BYTES:
             raise ProtocolError(f"envelope of {len(data)} bytes is too large")
-        try:
-            envelope = json.loads(data)
-        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-            raise ProtocolError(f"envelope is not JSON: {exc}") from exc
-        if not isinstance(envelope, dict) or set(envelope) != {"signer", "body", "sig"}:
-            raise SignatureError("unsigned message: expected an envelope {signer, body, sig}")
-        signer, body, sig = envelope["signer"], envelope["body"], envelope["sig"]
-        if not all(isinstance(v, str) for v in (signer, body, sig)):
-            raise SignatureError("envelope fields must be strings")
+        signer, body, sig = _envelope(data, "body", not_json=ProtocolError)
         entry = self.trust.keys.get(signer)
         if entry is None:
             raise SignatureError(f"signer {signer!r:.60} is not in the trust file")
