@@ -29,12 +29,13 @@ from common.errors import ProtocolError
 from common.fedavg import payload_size
 from common.model import parameter_count
 from common.protocol import layout
-from common.protocol.messages import Hello, RoundStarted, UpdateSubmitted
+from common.protocol.messages import Hello, RoundStarted, UpdateFailed, UpdateSubmitted
 from common.store import LocalStore, sha256_hex
 from common.transport import ANNOUNCE, SUBMIT
 from coordinator import state as sm
 from coordinator.service import REJECTION_SAVE_SECONDS
 from tests.protocol.test_round_protocol import (
+    DIGEST,
     FOUR,
     MODEL,
     N_FEATURES,
@@ -355,3 +356,120 @@ def test_a_hello_flood_causes_one_announcement_and_garbage_causes_no_write(
     saved = json.loads(json.loads(state_store.get(layout.state_key(RUN)))["state"])
     assert saved["rejected"] == {"hello-rate": 99, "malformed": 100}
     assert state_store.puts - state_writes == 2
+
+
+def drive_to_the_end(cluster: Cluster) -> None:
+    """Deliver everything; when nothing moves, let the clock reach the next deadline."""
+    coordinator = cluster.coordinator
+    assert coordinator is not None
+    for _ in range(100):
+        if coordinator.finished:
+            return
+        if not cluster.transport.deliver_all():
+            cluster.now[0] = max(cluster.now[0], coordinator.state.deadline)
+            coordinator.tick()
+    raise AssertionError(f"the run did not end: {coordinator.state}")
+
+
+class LinkingInsider(Insider):
+    """Plants a symlink to /dev/zero at its own update's key and submits it."""
+
+    def on_announce(self, body: bytes) -> None:
+        message = self.codec.decode(body)
+        if not isinstance(message, RoundStarted):
+            return
+        key = layout.update_key(RUN, message.round, "h4")
+        store = self.cluster.store
+        assert isinstance(store, LocalStore)
+        path = store.root / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)
+        path.symlink_to("/dev/zero")
+        submitted = UpdateSubmitted(
+            run=RUN, round=message.round, hospital="h4", blob_ref=key, sha256="0" * 64
+        )
+        self.cluster.transport.publish(SUBMIT, self.codec.encode(submitted), sender="h4")
+
+
+def test_a_symlink_to_dev_zero_as_an_update_is_refused_unread(
+    ceremony: Path, stores: Stores, honest_reference: np.ndarray, caplog: pytest.LogCaptureFixture
+) -> None:
+    cluster = encrypted_cluster(ceremony, stores)
+    LinkingInsider(cluster, craft=lambda round_: b"")
+    cluster.start_coordinator(open_aggregator(ceremony / "coordinator"))
+    drive_to_the_end(cluster)
+    coordinator = cluster.coordinator
+    assert coordinator is not None and coordinator.state.phase == "done"
+    assert coordinator.state.rejected.get("StoreError", 0) >= 1
+    assert "refusing symlink" in caplog.text
+    assert [set(r.accepted) for r in coordinator.state.history] == [set(HONEST)] * ROUNDS
+    for name in HONEST:
+        np.testing.assert_allclose(
+            cluster.hospitals[name].final_weights, honest_reference, atol=1e-6
+        )
+
+
+@pytest.mark.parametrize(
+    ("senders", "bound_to", "fragment"),
+    [
+        (("h1", "h2"), Binding(run=RUN, round=1, sender="coordinator"), "sums 2 updates"),
+        (HONEST, Binding(run=RUN, round=5, sender="coordinator"), "not the aggregate of"),
+        (HONEST, Binding(run="run-0", round=1, sender="coordinator"), "not the aggregate of"),
+    ],
+    ids=["two-updates", "other-round", "other-run"],
+)
+def test_a_hospital_refuses_an_aggregate_it_must_not_decrypt(
+    ceremony: Path, stores: Stores, senders: tuple[str, ...], bound_to: Binding, fragment: str
+) -> None:
+    """A coordinator (keyless, but it signs announcements) passing off a sum of 2 updates, from
+    which each contributor could learn the other's, or another round's sum."""
+    cluster = encrypted_cluster(ceremony, stores, hospitals=HONEST, expected_hospitals=None)
+    cipher = open_cipher(ceremony / "hospital")
+    total = open_aggregator(ceremony / "coordinator").new_sum()
+    for sender in senders:
+        total.add(
+            cipher.encrypt(honest_payload(), binding=Binding(run=RUN, round=1, sender=sender))
+        )
+    blob = total.to_blob(AGGREGATE, bound_to)
+    key = layout.aggregate_key(RUN, 1)
+    cluster.store.put(key, blob)
+    replies: list[bytes] = []
+    cluster.transport.subscribe(SUBMIT, replies.append)
+    announcement = RoundStarted(
+        run=RUN,
+        round=2,
+        global_ref=key,
+        global_sha256=sha256_hex(blob),
+        deadline=cluster.now[0] + 60,
+        config_digest=DIGEST,
+    )
+    cluster.transport.publish(ANNOUNCE, codec("coordinator").encode(announcement))
+    cluster.transport.deliver_all()
+    answers = [codec("coordinator").decode(body) for body in replies]
+    assert len(answers) == len(HONEST)
+    for answer in answers:
+        assert isinstance(answer, UpdateFailed) and fragment in answer.error, answer
+
+
+def test_a_hospital_without_run_follows_the_live_run_not_a_replayed_one(
+    ceremony: Path, stores: Stores
+) -> None:
+    cluster = encrypted_cluster(ceremony, stores, hospitals=HONEST, expected_hospitals=None)
+    for hospital in cluster.hospitals.values():
+        hospital.run = ""  # as `hefl hospital` without --run
+    old = RoundStarted(  # an earlier run's announcement, replayed: its deadline has passed
+        run="run-0",
+        round=1,
+        global_ref=None,
+        global_sha256=None,
+        deadline=cluster.now[0] - 1,
+        config_digest=DIGEST,
+    )
+    cluster.transport.publish(ANNOUNCE, codec("coordinator").encode(old))
+    cluster.transport.deliver_all()
+    assert all(h.run == "" for h in cluster.hospitals.values())
+    assert cluster.store.list() == []  # nobody trained for the replayed run
+    coordinator = cluster.start_coordinator(open_aggregator(ceremony / "coordinator"))
+    cluster.run_to_end()
+    assert coordinator.state.phase == "done"
+    assert all(h.run == RUN and h.final_weights is not None for h in cluster.hospitals.values())
