@@ -153,12 +153,12 @@ class TimedStore:
         if kind == "aggregate":
             self._clock.close_round()
 
-    def get(self, key: str, *, max_bytes: int | None = None) -> bytes:
+    def get(self, key: str, *, max_bytes: int | None = None, sha256: str | None = None) -> bytes:
         phase = {"update": "aggregate", "aggregate": "download"}.get(
             _kind(key), "coordinator_state"
         )
         with self._clock.phase(phase):
-            return self._inner.get(key, max_bytes=max_bytes)
+            return self._inner.get(key, max_bytes=max_bytes, sha256=sha256)
 
     def exists(self, key: str) -> bool:
         return self._inner.exists(key)

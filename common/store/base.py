@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from common.errors import BlobTooLargeError, StoreError
 
@@ -24,7 +24,10 @@ class Store(Protocol):
 
     def put(self, key: str, data: bytes) -> None: ...
 
-    def get(self, key: str, *, max_bytes: int | None = None) -> bytes: ...
+    def get(self, key: str, *, max_bytes: int | None = None, sha256: str | None = None) -> bytes:
+        """The blob's bytes; over ``max_bytes`` it is refused unread, and with ``sha256`` the
+        bytes are hashed as they stream in and refused when they do not match."""
+        ...
 
     def exists(self, key: str) -> bool: ...
 
@@ -58,13 +61,18 @@ def too_large(key: str, size: int, max_bytes: int) -> BlobTooLargeError:
 def get_verified(
     store: Store, key: str, expected_sha256: str, *, max_bytes: int | None = None
 ) -> bytes:
-    """Fetch a blob (refused unread when over ``max_bytes``) and check it against the digest
-    from the message that named it."""
-    data = store.get(key, max_bytes=max_bytes)
-    actual = sha256_hex(data)
+    """Fetch a blob (refused unread when over ``max_bytes``) and check it, as it streams in,
+    against the digest from the message that named it."""
+    return store.get(key, max_bytes=max_bytes, sha256=expected_sha256)
+
+
+def check_digest(key: str, digest: Any, expected_sha256: str | None) -> None:
+    """Refuse a blob whose streamed ``digest`` (a hashlib SHA-256) is not ``expected_sha256``."""
+    if expected_sha256 is None:
+        return
+    actual = digest.hexdigest()
     if actual != expected_sha256:
         raise StoreError(
             f"blob {key}: sha256 {actual[:16]}... does not match the announced "
             f"{expected_sha256[:16]}... (corrupted or replaced in the store)"
         )
-    return data

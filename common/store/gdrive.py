@@ -32,6 +32,7 @@ Drive allows several items with one name in one folder, so the rules are:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import random
 import threading
@@ -43,7 +44,7 @@ from typing import Final
 
 from common.errors import BlobNotFoundError, BlobTooLargeError, StoreError
 from common.logs import log_event
-from common.store.base import check_key, sha256_hex, too_large
+from common.store.base import check_digest, check_key, sha256_hex, too_large
 from common.store.gdrive_api import DriveApi
 from common.store.gdrive_auth import DriveCredentials, load_credentials
 from common.store.gdrive_errors import DriveCallError, Op, Where, explain
@@ -125,7 +126,7 @@ class DriveStore:
                     # A cached folder was deleted: look again.
                     self._folders = {(): self.root_id, **self._mounts}
 
-    def get(self, key: str, *, max_bytes: int | None = None) -> bytes:
+    def get(self, key: str, *, max_bytes: int | None = None, sha256: str | None = None) -> bytes:
         parts = check_key(key).split("/")
         with self._session("get", key) as where:
             for _ in range(READ_ATTEMPTS):
@@ -134,8 +135,9 @@ class DriveStore:
                     raise BlobNotFoundError(f"no blob {key} in Drive folder {self.root_id}")
                 if max_bytes is not None:
                     _check_size(key, item, max_bytes)
+                digest = hashlib.sha256()
                 try:
-                    data = self._api.download(item.id, max_bytes=max_bytes)
+                    data = self._api.download(item.id, max_bytes=max_bytes, digest=digest)
                 except DriveCallError as exc:
                     if exc.status == 404:  # replaced by a newer put meanwhile: look again
                         continue
@@ -143,11 +145,12 @@ class DriveStore:
                 except BlobTooLargeError as exc:
                     raise BlobTooLargeError(f"blob {key}: {exc}") from exc
                 recorded = item.app_properties.get(SHA256_PROPERTY)
-                if recorded is not None and sha256_hex(data) != recorded:
+                if recorded is not None and digest.hexdigest() != recorded:
                     raise StoreError(
                         f"blob {key} (Drive file {item.id}) does not match the SHA-256 recorded "
                         "when it was uploaded: corrupted or replaced in Drive"
                     )
+                check_digest(key, digest, sha256)
                 return data
             raise StoreError(f"blob {key} kept being replaced while it was read; try again")
 

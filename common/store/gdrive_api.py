@@ -81,10 +81,11 @@ class _BytesUpload(api_http.MediaUpload):
 class _BoundedBuffer(io.BytesIO):
     """Downloaded bytes, refused as soon as they pass ``limit`` (a file larger than it said)."""
 
-    def __init__(self, file_id: str, limit: int | None) -> None:
+    def __init__(self, file_id: str, limit: int | None, digest: Any = None) -> None:
         super().__init__()
         self._file_id = file_id
         self._limit = limit
+        self._digest = digest
 
     def write(self, data: Any) -> int:
         if self._limit is not None and self.tell() + len(data) > self._limit:
@@ -92,6 +93,8 @@ class _BoundedBuffer(io.BytesIO):
                 f"Drive file {self._file_id} sent more than the limit of {self._limit} bytes: "
                 "download stopped"
             )
+        if self._digest is not None:
+            self._digest.update(data)
         return super().write(data)
 
 
@@ -337,14 +340,15 @@ class DriveApi:
                 log_event(logger, "drive_upload_restarted", level=logging.WARNING, name=name)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def download(self, file_id: str, *, max_bytes: int | None = None) -> bytes:
-        """The file's bytes, fetched in ranges; a failed range is fetched again.
+    def download(self, file_id: str, *, max_bytes: int | None = None, digest: Any = None) -> bytes:
+        """The file's bytes, fetched in ranges (each fed to ``digest``, a hashlib object, as it
+        arrives); a failed range is fetched again.
 
         More than ``max_bytes`` is ``BlobTooLargeError`` as soon as it arrives (callers check the
         file's ``size`` first; this bounds a file that is larger than its metadata said).
         """
         request = self._files.get_media(fileId=file_id, supportsAllDrives=True)
-        buffer = _BoundedBuffer(file_id, max_bytes)
+        buffer = _BoundedBuffer(file_id, max_bytes, digest)
         downloader = api_http.MediaIoBaseDownload(
             buffer, request, chunksize=self.options.download_chunk
         )

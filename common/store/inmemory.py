@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from common.errors import BlobNotFoundError
-from common.store.base import check_key, too_large
+from common.store.base import check_digest, check_key, too_large
 
 
 class InMemoryStore:
@@ -15,13 +17,14 @@ class InMemoryStore:
     def put(self, key: str, data: bytes) -> None:
         self.blobs[check_key(key)] = bytes(data)
 
-    def get(self, key: str, *, max_bytes: int | None = None) -> bytes:
+    def get(self, key: str, *, max_bytes: int | None = None, sha256: str | None = None) -> bytes:
         try:
             data = self.blobs[check_key(key)]
         except KeyError as exc:
             raise BlobNotFoundError(f"no blob {key} in memory") from exc
         if max_bytes is not None and len(data) > max_bytes:
             raise too_large(key, len(data), max_bytes)
+        check_digest(key, hashlib.sha256(data), sha256)
         return data
 
     def exists(self, key: str) -> bool:

@@ -13,15 +13,16 @@ operator's choice and may be a symlink.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import stat
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
-from typing import Final, NoReturn
+from typing import Any, Final, NoReturn
 
 from common.atomic import write_atomic_at
 from common.errors import BlobNotFoundError, BlobTooLargeError, HeflError, StoreError
-from common.store.base import check_key, too_large
+from common.store.base import check_digest, check_key, too_large
 
 _CLOEXEC: Final = getattr(os, "O_CLOEXEC", 0)
 _ROOT_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC
@@ -57,7 +58,7 @@ class LocalStore:
         except OSError as exc:
             raise StoreError(f"cannot write {key} under {self.root}: {exc}") from exc
 
-    def get(self, key: str, *, max_bytes: int | None = None) -> bytes:
+    def get(self, key: str, *, max_bytes: int | None = None, sha256: str | None = None) -> bytes:
         parts = check_key(key).split("/")
         try:
             folder = self._open_folder(key, parts[:-1], create=False)
@@ -68,7 +69,10 @@ class LocalStore:
             try:
                 if max_bytes is not None and size > max_bytes:
                     raise too_large(key, size, max_bytes)
-                return _read(key, fd, max_bytes)
+                digest = hashlib.sha256()
+                data = _read(key, fd, max_bytes, digest)
+                check_digest(key, digest, sha256)
+                return data
             finally:
                 os.close(fd)
         except HeflError:
@@ -203,8 +207,8 @@ class LocalStore:
         return StoreError(f"refusing {key} under {self.root}: it is {found}, not a regular file")
 
 
-def _read(key: str, fd: int, max_bytes: int | None) -> bytes:
-    """Read to the end, but never more than one byte past ``max_bytes``."""
+def _read(key: str, fd: int, max_bytes: int | None, digest: Any) -> bytes:
+    """Read to the end, but never more than one byte past ``max_bytes``, hashing as it goes."""
     chunks: list[bytes] = []
     total = 0
     while True:
@@ -217,6 +221,7 @@ def _read(key: str, fd: int, max_bytes: int | None) -> bytes:
             raise BlobTooLargeError(
                 f"blob {key} grew past the limit of {max_bytes} bytes while it was read: refused"
             )
+        digest.update(chunk)
         chunks.append(chunk)
 
 

@@ -204,6 +204,15 @@ class TestStoreContract:
             get_verified(store, "b", sha256_hex(b"ciphertext"), max_bytes=9)
         assert get_verified(store, "b", sha256_hex(b"ciphertext"), max_bytes=10) == b"ciphertext"
 
+    def test_get_with_sha256_hashes_the_stream_and_refuses_a_mismatch(self, store: Store) -> None:
+        data = bytes(range(256)) * 4096  # several read chunks
+        store.put("runs/r1/streamed.blob", data)
+        assert store.get("runs/r1/streamed.blob", sha256=sha256_hex(data)) == data
+        with pytest.raises(StoreError, match="does not match the announced"):
+            store.get("runs/r1/streamed.blob", sha256=sha256_hex(data[:-1]))
+        with pytest.raises(StoreError, match="does not match the announced"):
+            store.get("runs/r1/streamed.blob", max_bytes=len(data), sha256="0" * 64)
+
     def test_get_verified_within_max_bytes_still_checks_the_digest(self, store: Store) -> None:
         store.put("b", b"replaced")
         with pytest.raises(StoreError, match="does not match"):
