@@ -103,6 +103,7 @@ class Coordinator:
         if self._state_store.exists(key):
             self.state = self._load_state(key)
             self._rebuild_sum()
+            self._delete_summed_updates()  # a crash may have come between aggregate and delete
             self._log("run_resumed", phase=self.state.phase)
         else:
             self._persist()
@@ -331,6 +332,17 @@ class Coordinator:
         self._transport.publish(ANNOUNCE, self._codec.encode(message))
 
     # -- persistence and reporting ---------------------------------------------------------------
+
+    def _delete_summed_updates(self) -> None:
+        """Delete the update blobs of rounds already summed (unless ``keep_updates``)."""
+        if self._keep_updates:
+            return
+        open_round = self.state.round if self.state.phase == "round" else self.state.round + 1
+        for hospital in self.plan.hospitals:
+            for key in self._store.list(layout.updates_prefix(self.plan.run, hospital) + "/"):
+                summed = layout.round_of_update(key)
+                if summed is not None and summed < open_round:
+                    self._store.delete(key)
 
     def _load_state(self, key: str) -> sm.RunState:
         where = f"{key} in {self._state_store!r}"

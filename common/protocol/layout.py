@@ -27,6 +27,15 @@ def update_key(run: str, round_: int, hospital: str) -> str:
     return f"{updates_prefix(run, hospital)}/round-{round_:04d}.blob"
 
 
+def round_of_update(key: str) -> int | None:
+    """The round an ``update_key`` names (None: not an update key)."""
+    name = key.rsplit("/", 1)[-1]
+    if not (name.startswith("round-") and name.endswith(".blob")):
+        return None
+    digits = name[len("round-") : -len(".blob")]
+    return int(digits) if digits.isdigit() else None
+
+
 def aggregates_prefix(run: str) -> str:
     """The folder every hospital reads."""
     return f"{run_prefix(run)}/aggregates"

@@ -319,11 +319,19 @@ def test_a_resumed_round_re_verifies_each_accepted_submission(
 
 def test_the_resumed_run_is_the_uninterrupted_run(ceremony: Path, stores: Stores) -> None:
     cluster = _stop_in_round_2_with_two_accepted(ceremony, stores)
+    # As if the crash came between round 1's aggregate and the deletion of its updates.
+    leftover = layout.update_key(RUN, 1, "h1")
+    cluster.store.put(leftover, b"round 1's update, summed already")
+    assert cluster.coordinator is not None
+    accepted = [entry.blob_ref for entry in cluster.coordinator.state.accepted]
+    assert [layout.round_of_update(key) for key in accepted] == [2, 2]
     second = Cluster(store=cluster.store, plan=cluster.plan, state_store=cluster.state_store)
     for name in HONEST:
         second.add_hospital(name, cipher=open_cipher(ceremony / "hospital"))
     resumed = second.start_coordinator(open_aggregator(ceremony / "coordinator"))
     assert resumed.state.round == 2 and len(resumed.state.accepted) == 2
+    assert not cluster.store.exists(leftover)
+    assert all(cluster.store.exists(key) for key in accepted)  # still to be summed again
     second.run_to_end()
     assert resumed.state.phase == "done"
     np.testing.assert_allclose(
