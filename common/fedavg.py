@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
 import numpy as np
@@ -36,6 +37,30 @@ METRIC_NAMES: Final = ("auc", "accuracy", "loss")
 
 #: The fewest updates a round's sum may hold: with 2, each contributor learns the other's update.
 MIN_CONTRIBUTORS: Final = 3
+
+
+@dataclass(frozen=True, kw_only=True)
+class Sanity:
+    """What a hospital accepts as a global update before it trains on it.
+
+    ``max_rows``: the most training rows a contributor may claim on average (the sum of weights
+    is at most ``summands * max_rows / WEIGHT_UNIT``; the encoding's value bound already caps
+    one claim, at 819,200 rows with the default ``max_hospitals``). ``max_update_ratio``: the largest change
+    of the model, as a multiple of its norm (at least 1), from the last global model this
+    hospital saw. Measured on the Diabetes-130 MLP (`docs/security.md`): honest rounds change it
+    by 0.7-3.5% of its norm; a hospital that claims 800,000 rows of weights all 0.99 moves it by
+    about 15 times its norm.
+    """
+
+    max_rows: int = 10_000_000
+    max_update_ratio: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.max_rows < 1 or not (0 < self.max_update_ratio < math.inf):
+            raise ProtocolError(f"invalid sanity bounds {self}")
+
+
+DEFAULT_SANITY: Final = Sanity()
 
 
 def weighted_payload(weights: np.ndarray, n_train: int) -> np.ndarray:
@@ -57,8 +82,34 @@ def average_from_sum(total: np.ndarray, n_params: int) -> np.ndarray:
         )
     weight = float(total[-1])
     if not np.isfinite(weight) or weight <= 0:
-        raise ProtocolError(f"aggregate weight {weight} is not positive")
+        raise ProtocolError(
+            f"global update refused: the sum of weights is {weight}, not positive (a contributor "
+            "sent a negative or zero weight)"
+        )
     return (total[:-1] / weight).astype(np.float32)
+
+
+def sane_global(
+    total: np.ndarray, summands: int, previous: np.ndarray, sanity: Sanity
+) -> np.ndarray:
+    """The global model from a decrypted sum, if it is within ``sanity``'s bounds."""
+    weights = average_from_sum(total, previous.shape[0])
+    rows = float(total[-1]) * WEIGHT_UNIT
+    if rows > summands * sanity.max_rows:
+        raise ProtocolError(
+            f"global update refused: {summands} contributors claim {rows:,.0f} training rows, "
+            f"more than {sanity.max_rows:,} each on average (--max-rows)"
+        )
+    if not np.all(np.isfinite(weights)):
+        raise ProtocolError("global update refused: the model holds values that are not finite")
+    step = float(np.linalg.norm(weights.astype(np.float64) - previous))
+    allowed = sanity.max_update_ratio * max(float(np.linalg.norm(previous)), 1.0)
+    if step > allowed:
+        raise ProtocolError(
+            f"global update refused: it moves the model by {step:.4g}, more than "
+            f"{sanity.max_update_ratio:g} times its norm ({allowed:.4g}; --max-update-ratio)"
+        )
+    return weights
 
 
 def _seed(material: str) -> int:

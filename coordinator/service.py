@@ -90,6 +90,7 @@ class Coordinator:
         self._max_blob = aggregator.spec.max_blob_bytes(plan.value_count)
         self._sum: RunningSum = aggregator.new_sum()
         self._hello_at: dict[str, float] = {}
+        self._failures: dict[str, str] = {}  # this round's UpdateFailed errors, for the operator
         self._unsaved_rejections = False
         self._saved_at = -float("inf")
         self.state = sm.new_run(plan, clock())
@@ -127,6 +128,7 @@ class Coordinator:
                 self._fail(
                     f"round {self.state.round}: only {len(self.state.accepted)} of "
                     f"{self.plan.min_hospitals} required hospitals submitted before the deadline"
+                    + self._reported_failures()
                 )
         elif self.state.phase == "final" and sm.final_decision(self.plan, self.state, now):
             self.state = sm.finish_run(self.state)
@@ -258,8 +260,18 @@ class Coordinator:
             self._reject(reason, f"failure report from {msg.hospital} for round {msg.round}")
             return
         self.state = sm.with_failed(self.state, msg.hospital)
+        self._failures[msg.hospital] = msg.error
         self._persist()
         self._log("update_failed", level=logging.WARNING, hospital=msg.hospital, error=msg.error)
+
+    def _reported_failures(self) -> str:
+        """The errors hospitals reported this round, each once with who reported it."""
+        by_error: dict[str, list[str]] = {}
+        for hospital, error in sorted(self._failures.items()):
+            by_error.setdefault(error, []).append(hospital)
+        reports = [f"{', '.join(names)}: {error}" for error, names in by_error.items()]
+        text = f"; reported: {'; '.join(reports)}" if reports else ""
+        return text if len(text) <= 2000 else text[:1997] + "..."  # RunAborted stays small
 
     # -- transitions -----------------------------------------------------------------------------
 
@@ -278,6 +290,7 @@ class Coordinator:
             now=now,
         )
         self._sum = self._aggregator.new_sum()
+        self._failures = {}
         self._persist()
         self._write_public_summary()
         if not self._keep_updates:  # the aggregate and the state naming it are durable now

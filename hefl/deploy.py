@@ -27,7 +27,7 @@ from common.crypto import (
 from common.data import FeatureEncoder, load_local_data, load_schema
 from common.data.partition import DEFAULT_TEST_FRACTION
 from common.errors import ConfigError, HeflError
-from common.fedavg import payload_size
+from common.fedavg import DEFAULT_SANITY, Sanity, payload_size
 from common.logs import log_event
 from common.model import ModelConfig, initial_weights, parameter_count
 from common.protocol import layout as store_layout
@@ -208,6 +208,7 @@ def run_hospital(
     csv: Path,
     out: Path | None,
     trainer_for: TrainerFactory = keras_trainer,
+    sanity: Sanity = DEFAULT_SANITY,
 ) -> int:
     """Take part in the run until the final model is saved; 0 on success."""
     layout = KeyLayout(endpoints.keys)
@@ -238,6 +239,7 @@ def run_hospital(
             seed=settings.seed,
             config_digest=settings.digest(bundle.manifest.config),
             out_dir=out,
+            sanity=sanity,
         )
         hospital.start(hello=True)
         log_event(

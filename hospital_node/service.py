@@ -20,9 +20,11 @@ from common.crypto.blob import COORDINATOR_SENDER
 from common.data.local import LocalData
 from common.errors import HeflError, ProtocolError, TrainingError
 from common.fedavg import (
+    DEFAULT_SANITY,
     MIN_CONTRIBUTORS,
-    average_from_sum,
+    Sanity,
     payload_size,
+    sane_global,
     training_seed,
     weighted_payload,
 )
@@ -66,6 +68,7 @@ class Hospital:
         config_digest: str,
         out_dir: Path | None = None,
         clock: Callable[[], float] = time.time,
+        sanity: Sanity = DEFAULT_SANITY,
     ) -> None:
         self.hospital = hospital
         # None: follow the run the coordinator announces (the first signed RoundStarted of this
@@ -79,6 +82,8 @@ class Hospital:
         self._codec = codec
         self.rejected: dict[str, int] = {}
         self._initial = np.asarray(initial_weights, dtype=np.float32)
+        self._last = self._initial  # the last global model accepted: updates are judged from it
+        self._sanity = sanity
         self._seed = seed
         self._config_digest = config_digest
         self._out_dir = out_dir
@@ -143,7 +148,9 @@ class Hospital:
             raise ProtocolError(
                 f"{ref} sums {header.summands} updates; an aggregate needs {MIN_CONTRIBUTORS}"
             )
-        return average_from_sum(self._cipher.decrypt(blob), self._initial.shape[0])
+        weights = sane_global(self._cipher.decrypt(blob), header.summands, self._last, self._sanity)
+        self._last = weights
+        return weights
 
     def _on_round(self, msg: RoundStarted) -> None:
         if msg.round in self._answered:

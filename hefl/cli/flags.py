@@ -17,6 +17,7 @@ from typing import Any, Final
 from common.crypto.config import DEFAULT_MAX_HOSPITALS
 from common.data.partition import DEFAULT_ALPHA, DEFAULT_TEST_FRACTION
 from common.data.sources import DEFAULT_DATASET
+from common.fedavg import DEFAULT_SANITY
 from common.model import ModelConfig
 from common.store.url import STORE_ENV
 from common.transport.settings import BROKER_URL_ENV, DEFAULT_BROKER_URL, DEFAULT_PREFIX
@@ -143,6 +144,20 @@ FLAGS: Final[Mapping[str, Flag]] = {
             help="seconds a round stays open",
             type=positive_float,
             default=600.0,
+        ),
+        Flag(
+            name="max_rows",
+            help="a hospital refuses a global update whose contributors claim more training "
+            "rows than this each on average",
+            type=positive_int,
+            default=DEFAULT_SANITY.max_rows,
+        ),
+        Flag(
+            name="max_update_ratio",
+            help="a hospital refuses a global update that moves the model by more than this "
+            "times its norm (honest rounds: a few percent)",
+            type=positive_float,
+            default=DEFAULT_SANITY.max_update_ratio,
         ),
         Flag(
             name="state_dir",

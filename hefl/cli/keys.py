@@ -118,7 +118,7 @@ def keys_k8s_secrets(options: KeysSecretsOptions) -> int:
     manifests = cluster_secrets(options.he(), names)
     passwords = broker.issue_passwords([*broker.participants(names), broker.ADMIN], {})
     admin = passwords.pop(broker.ADMIN)
-    manifests += broker.k8s_secrets(names, passwords, admin)
+    manifests += broker.k8s_secrets(names, passwords, admin, broker.issue_tls())
     sys.stdout.write(render(manifests, options.format) + "\n")
     listed = ", ".join(m["metadata"]["name"] for m in manifests)
     print(f"Secrets {listed}: {options.hospitals} hospital identities", file=sys.stderr)

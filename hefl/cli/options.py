@@ -124,6 +124,8 @@ class HospitalOptions(RunOptions):
     csv: Path
     test_fraction: float
     out: Path
+    max_rows: int
+    max_update_ratio: float
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -138,3 +140,5 @@ class ReplicaOptions(RunOptions):
     shards: Path | None
     test_fraction: float
     out: Path
+    max_rows: int
+    max_update_ratio: float

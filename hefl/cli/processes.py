@@ -72,11 +72,17 @@ def coordinator(options: CoordinatorOptions) -> int:
 
 
 def hospital(options: HospitalOptions) -> int:
+    from common.fedavg import Sanity
     from hefl import deploy
 
     settings, endpoints = _run_settings(options, options.hospital, options.test_fraction)
     return deploy.run_hospital(
-        settings, endpoints, name=options.hospital, csv=options.csv, out=options.out
+        settings,
+        endpoints,
+        name=options.hospital,
+        csv=options.csv,
+        out=options.out,
+        sanity=Sanity(max_rows=options.max_rows, max_update_ratio=options.max_update_ratio),
     )
 
 

@@ -26,7 +26,7 @@ from common.crypto import (
     run_key_ceremony,
 )
 from common.errors import ProtocolError
-from common.fedavg import payload_size
+from common.fedavg import DEFAULT_SANITY, Sanity, payload_size, sane_global, weighted_payload
 from common.model import parameter_count
 from common.protocol import layout
 from common.protocol.messages import Hello, RoundStarted, UpdateFailed, UpdateSubmitted
@@ -481,3 +481,54 @@ def test_a_hospital_without_run_follows_the_live_run_not_a_replayed_one(
     cluster.run_to_end()
     assert coordinator.state.phase == "done"
     assert all(h.run == RUN and h.final_weights is not None for h in cluster.hospitals.values())
+
+
+# -- a poisoned but well-formed update ---------------------------------------------------------
+
+
+def poisoned(rows: int, value: float) -> Callable[[Path], Craft]:
+    """An honestly formed update from a hospital that lies about its rows and its weights."""
+
+    def make(ceremony: Path) -> Craft:
+        cipher = open_cipher(ceremony / "hospital")
+        weights = np.full(VALUES - 1, value)
+        return lambda round_: cipher.encrypt(weighted_payload(weights, rows), binding=own(round_))
+
+    return make
+
+
+@pytest.mark.parametrize(
+    ("rows", "value", "fragment"),
+    [
+        (800_000, 0.99, "moves the model by"),  # the reproduced attack: mean pulled to 0.99
+        (-50_000, 0.0, "not positive"),
+    ],
+    ids=["800k-rows-of-0.99", "negative-weight"],
+)
+def test_a_poisoned_global_update_is_refused_and_the_run_aborts_with_the_reason(
+    ceremony: Path, stores: Stores, rows: int, value: float, fragment: str
+) -> None:
+    cluster = encrypted_cluster(ceremony, stores)
+    Insider(cluster, poisoned(rows, value)(ceremony))
+    coordinator = cluster.start_coordinator(open_aggregator(ceremony / "coordinator"))
+    drive_to_the_end(cluster)
+    assert coordinator.state.phase == "failed"
+    assert coordinator.state.round == 2  # round 1 summed the lie; nobody trained on its result
+    error = coordinator.state.error or ""
+    assert "global update refused" in error and fragment in error, error
+    assert "h1, h2, h3" in error  # every honest hospital refused it, and says so
+    for hospital in cluster.hospitals.values():
+        assert hospital.final_weights is None and fragment in str(hospital.error)
+
+
+def test_sane_global_bounds(ceremony: Path) -> None:
+    previous = np.ones(4, dtype=np.float32)
+    total = weighted_payload(np.full(4, 1.1), 30_000)  # 3 rows-weighted models of 1.1
+    np.testing.assert_allclose(sane_global(total, 3, previous, DEFAULT_SANITY), 1.1, rtol=1e-6)
+    with pytest.raises(ProtocolError, match="moves the model by"):
+        sane_global(weighted_payload(np.full(4, 9.0), 30_000), 3, previous, DEFAULT_SANITY)
+    strict = Sanity(max_rows=1_000, max_update_ratio=0.5)
+    with pytest.raises(ProtocolError, match="claim 30,000 training rows, more than 1,000"):
+        sane_global(total, 3, previous, strict)
+    with pytest.raises(ProtocolError, match="not finite"):
+        sane_global(weighted_payload(np.array([1.0, np.inf, 1.0, 1.0]), 3), 3, previous, strict)
