@@ -36,7 +36,7 @@ help:
 	@echo "make k8s-sites HOSPITALS=N  write k8s/hospitals.yaml: one Deployment per hospital site"
 	@echo "make k8s-deploy / k8s-delete   apply or remove the kustomize base in k8s/"
 	@echo "make test-cluster  only the container and manifest tests (root: installs a Docker engine)"
-	@echo "make clean    remove the cluster (containers, volumes, images, passwords) and outputs"
+	@echo "make clean    remove the cluster (containers, volumes, images, passwords, broker CA) and outputs"
 	@echo "make distclean  make clean, and remove the virtual environments"
 
 install: $(STAMP)
@@ -144,7 +144,7 @@ cluster-env: tools-env
 test-cluster: install cluster-env
 	$(BIN)/python -m pytest -m cluster $(PYTEST_ARGS)
 
-# The cluster's containers, volumes, images and generated passwords (when an engine answers),
+# The cluster's containers, volumes, images, generated passwords and broker CA (when an engine answers),
 # then local outputs. The virtual environments stay: `make distclean` removes them too.
 clean:
 	@if docker info >/dev/null 2>&1; then $(CLUSTER) clean; \

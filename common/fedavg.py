@@ -45,11 +45,11 @@ class Sanity:
 
     ``max_rows``: the most training rows a contributor may claim on average (the sum of weights
     is at most ``summands * max_rows / WEIGHT_UNIT``; the encoding's value bound already caps
-    one claim, at 819,200 rows with the default ``max_hospitals``). ``max_update_ratio``: the largest change
-    of the model, as a multiple of its norm (at least 1), from the last global model this
-    hospital saw. Measured on the Diabetes-130 MLP (`docs/security.md`): honest rounds change it
-    by 0.7-3.5% of its norm; a hospital that claims 800,000 rows of weights all 0.99 moves it by
-    about 15 times its norm.
+    one claim, at 819,200 rows with the default ``max_hospitals``). ``max_update_ratio``: the
+    largest change of the model, as a multiple of its norm (at least 1), from the last global
+    model this hospital saw. Measured on the Diabetes-130 MLP (`docs/security.md`): honest
+    rounds change it by 0.7-3.5% of its norm; a hospital that claims 800,000 rows of weights all
+    0.99 moves it by about 15 times its norm.
     """
 
     max_rows: int = 10_000_000

@@ -16,11 +16,18 @@ writes, under ``docker/.secrets/`` (a 0700 folder: only the operator reaches wha
 - ``definitions.json`` (0644, salted hashes only, read by the broker's own user): vhost ``hefl``,
   the users, each confined to its own resources (``common.transport.brokerconf.BrokerPlan``: a
   hospital may declare and consume only ``hefl.announce.<itself>`` and publish only to the
-  ``hefl.submit`` exchange), queue limits and the topology.
+  ``hefl.submit`` exchange), queue limits and the topology;
+- ``tls/`` (0700): the broker's TLS material from ``hefl.sites.broker.issue_tls``: ``ca.pem``
+  (the private CA's certificate, which every participant's container mounts read-only for
+  ``hefl --broker-ca``), ``server.pem`` and ``server.key`` (the broker's certificate, for
+  ``rabbitmq``, ``localhost`` and ``127.0.0.1``, and its key: mounted into the broker's container
+  only). The CA's key is never written, so nothing else can be signed by it. All 0644: the
+  broker's user (uid 101 in the stand-in image, 999 in the official one) is not the operator.
 
-Existing passwords are kept, so ``make up`` after ``make up`` reuses them; identities issued
-later get new ones. Needs this project's ``common`` package (its ``.venv``, or python3 with
-PyYAML and cryptography).
+Existing passwords and TLS files are kept, so ``make up`` after ``make up`` reuses them;
+identities issued later get new passwords; ``make clean`` removes everything (a new CA next
+time). Needs this project's ``common`` package (its ``.venv``, or python3 with PyYAML and
+cryptography).
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +45,15 @@ if str(ROOT) not in sys.path:  # run as a script with python3, outside the proje
 from common.atomic import write_atomic  # noqa: E402
 from common.errors import HeflError  # noqa: E402
 from hefl.sites import site_names  # noqa: E402
-from hefl.sites.broker import ADMIN, definitions, issue_passwords, participants  # noqa: E402
+from hefl.sites.broker import (  # noqa: E402
+    ADMIN,
+    TLS_FILES,
+    BrokerTls,
+    definitions,
+    issue_passwords,
+    issue_tls,
+    participants,
+)
 
 PRIVATE = 0o700
 CONTAINER_READABLE = 0o644
@@ -57,10 +73,23 @@ def write(path: Path, text: str, mode: int) -> None:
     write_atomic(path, text.encode(), mode=mode)
 
 
+def write_tls(folder: Path, issue: Callable[[], BrokerTls] = issue_tls) -> bool:
+    """The broker's CA certificate, certificate and key in ``folder``; True when issued now.
+
+    Kept when all three exist; otherwise all three are issued again (the CA's key is gone, so a
+    missing server file cannot be re-signed by the same CA)."""
+    if all((folder / name).is_file() for name in TLS_FILES):
+        return False
+    for name, data in issue().files().items():
+        write_atomic(folder / name, data, mode=CONTAINER_READABLE)
+    return True
+
+
 def generate(root: Path, hospitals: int) -> Path:
     secrets_dir = root / ".secrets"
     broker = secrets_dir / "broker"
-    for folder in (secrets_dir, broker):
+    tls = secrets_dir / "tls"
+    for folder in (secrets_dir, broker, tls):
         folder.mkdir(mode=PRIVATE, parents=True, exist_ok=True)
         folder.chmod(PRIVATE)
     names = site_names(hospitals)
@@ -74,6 +103,7 @@ def generate(root: Path, hospitals: int) -> Path:
     rendered = definitions(names, {u: passwords[u] for u in users}, passwords[ADMIN])
     out = secrets_dir / "definitions.json"
     write(out, json.dumps(rendered, indent=2) + "\n", CONTAINER_READABLE)
+    write_tls(tls)
     return out
 
 
@@ -93,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     users = f"coordinator, hospital-1..{args.hospitals}, {ADMIN}"
     print(f"broker users {users}: {out.parent}", file=sys.stderr)
+    print(f"broker TLS (private CA, the broker's certificate): {out.parent}/tls", file=sys.stderr)
     return 0
 
 

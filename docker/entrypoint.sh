@@ -12,7 +12,8 @@
 #   anything else is run as is (e.g. `hefl --help`, `sh`).
 # $HEFL_ARGS (run flags: rounds, model) is added to coordinator and hospital, so both agree.
 # The broker password is never an environment variable: hefl reads it from the file that
-# $HEFL_BROKER_PASSWORD_FILE names (a compose secret, a Kubernetes Secret).
+# $HEFL_BROKER_PASSWORD_FILE names (a compose secret, a Kubernetes Secret). The broker is
+# amqps:// and trusted through the cluster's CA certificate that $HEFL_BROKER_CA names.
 set -eu
 role=${1:-}
 [ "$#" -eq 0 ] || shift

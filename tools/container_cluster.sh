@@ -5,7 +5,7 @@
 #   tools/container_cluster.sh status     containers, health, identities, run progress
 #   tools/container_cluster.sh logs       follow every service's log
 #   tools/container_cluster.sh down       stop and remove containers (volumes kept)
-#   tools/container_cluster.sh clean      down, and remove volumes, images and credentials
+#   tools/container_cluster.sh clean      down, and remove volumes, images, credentials and CA
 # Uses `docker compose` (the v2 plugin) when present, else `docker-compose` (1.29 or v2);
 # HEFL_COMPOSE="docker-compose" (or another command) picks one.
 # Environment: see docker/compose.yaml (HEFL_ROUNDS, HEFL_HOSPITALS, ...), BASE_IMAGE,
@@ -14,7 +14,9 @@
 # unset), once; the count is remembered in docker/.env. Each identity is one site: the services
 # keys-hospital-K and hospital-K of the override docker/.generated/<project>.yaml, which
 # `python -m hefl.sites compose` writes (and which refuses more sites than identities). Broker
-# passwords are files in docker/.secrets/ (docker/broker_credentials.py), one user per identity.
+# passwords are files in docker/.secrets/ (docker/broker_credentials.py), one user per identity;
+# so is the broker's TLS material (docker/.secrets/tls/: the private CA's certificate, the
+# broker's certificate and key; the CA's key is never written), kept until `clean`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PROJECT=${HEFL_PROJECT:-hefl}
@@ -103,5 +105,5 @@ case "${1:-}" in
     docker image rm -f "hefl-coordinator:${HEFL_TAG:-latest}" "hefl-hospital:${HEFL_TAG:-latest}" 2>/dev/null || true
     rm -rf docker/.env docker/.secrets "$SITES" ;;
   compose) shift; compose "$@" ;;
-  *) sed -n '2,17p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,19p' "$0" >&2; exit 2 ;;
 esac

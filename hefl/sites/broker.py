@@ -6,7 +6,12 @@ each user may do is ``common.transport.brokerconf.BrokerPlan``'s: a hospital may
 and consume only its own announce queue and publish only to the submit exchange. A participant
 gets its password as a file (``hefl --broker-password-file``), never as an environment variable,
 and ``PARTICIPANT_URL`` as its broker URL: no user (hefl logs in as the participant's identity),
-no password.
+no password, and TLS (``amqps``) to the broker's only listener.
+
+The broker's TLS material (``issue_tls``) is made with the credentials: a fresh private CA signs
+the broker's certificate and is then dropped, so its key is never written anywhere and no second
+certificate can be signed by it. The broker gets the certificate and its key; every participant
+gets only the CA certificate (``hefl --broker-ca``), so it trusts this broker and nothing else.
 
 Pure functions: ``docker/broker_credentials.py`` writes the compose cluster's files from them, and
 ``hefl keys-k8s-secrets`` prints them as Kubernetes Secrets.
@@ -18,22 +23,72 @@ import base64
 import json
 import secrets
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
-from common.transport.brokerconf import DEFAULT_VHOST, BrokerPlan
+from common.transport.brokerconf import DEFAULT_VHOST, TLS_PORT, BrokerPlan, TlsFiles, rabbitmq_conf
+from common.transport.brokerpki import DEFAULT_BROKER_HOSTS, CertifiedKey, make_ca, make_server_cert
 from common.transport.names import COORDINATOR
 
 #: The broker's name in both deployments (compose service, Kubernetes Service).
 BROKER_HOST: Final = "rabbitmq"
-BROKER_PORT: Final = 5672
+#: The broker's only AMQP listener, in both deployments: TLS.
+BROKER_PORT: Final = TLS_PORT
+MANAGEMENT_PORT: Final = 15672
 #: The operator's user of the management UI (administrator tag, every permission).
 ADMIN: Final = "admin"
 #: Every participant's broker URL, in both deployments: its identity is its user.
-PARTICIPANT_URL: Final = f"amqp://{BROKER_HOST}:{BROKER_PORT}/{DEFAULT_VHOST}"
+PARTICIPANT_URL: Final = f"amqps://{BROKER_HOST}:{BROKER_PORT}/{DEFAULT_VHOST}"
 DEFINITIONS_KEY: Final = "definitions.json"
 DEFINITIONS_SECRET: Final = "hefl-broker-definitions"
 #: The coordinator's password (``coordinator-password``), the operator's (``admin-password``).
 CREDENTIALS_SECRET: Final = "hefl-broker-credentials"
+#: The broker's TLS files, by name: the CA certificate, the server's certificate and its key.
+CA_FILE: Final = "ca.pem"
+CERT_FILE: Final = "server.pem"
+KEY_FILE: Final = "server.key"
+TLS_FILES: Final = (CA_FILE, CERT_FILE, KEY_FILE)
+#: The broker's certificate and key with the CA (for the broker pod only), the CA alone (clients).
+TLS_SECRET: Final = "hefl-broker-tls"
+CA_SECRET: Final = "hefl-broker-ca"
+CA_NAME: Final = "hefl cluster broker CA"
+
+
+@dataclass(frozen=True)
+class BrokerTls:
+    """The broker's certificate and key, and the CA certificate that signed it (no CA key)."""
+
+    ca_cert: bytes
+    server: CertifiedKey
+
+    def __repr__(self) -> str:
+        return f"BrokerTls(server={self.server!r})"
+
+    def files(self) -> dict[str, bytes]:
+        """File name -> contents, as the broker reads them (``rabbitmq_config``)."""
+        return {CA_FILE: self.ca_cert, CERT_FILE: self.server.cert, KEY_FILE: self.server.key}
+
+
+def issue_tls(hosts: Sequence[str] = DEFAULT_BROKER_HOSTS) -> BrokerTls:
+    """A new private CA's certificate and the broker's certificate for ``hosts``, signed by it.
+
+    The CA's key only lives in this call: nothing else is ever signed with it, so rotating the
+    broker's certificate means a new CA, handed to every participant again.
+    """
+    ca = make_ca(CA_NAME)
+    return BrokerTls(ca_cert=ca.cert, server=make_server_cert(ca, hosts))
+
+
+def rabbitmq_config(*, tls_dir: str, definitions_file: str) -> str:
+    """The broker's ``conf.d`` snippet in both deployments: the TLS listener only (the files of
+    ``BrokerTls.files`` in ``tls_dir``), the size cap, the definitions, the management UI."""
+    tls = TlsFiles(
+        cacertfile=f"{tls_dir}/{CA_FILE}",
+        certfile=f"{tls_dir}/{CERT_FILE}",
+        keyfile=f"{tls_dir}/{KEY_FILE}",
+    )
+    conf = rabbitmq_conf(tls=tls, definitions_file=definitions_file, plain_tcp=False)
+    return conf + f"management.tcp.port = {MANAGEMENT_PORT}\n"
 
 
 def participants(hospitals: Sequence[str]) -> tuple[str, ...]:
@@ -83,17 +138,21 @@ def site_secret(hospital: str) -> str:
 
 
 def k8s_secrets(
-    hospitals: Sequence[str], passwords: Mapping[str, str], admin_password: str
+    hospitals: Sequence[str], passwords: Mapping[str, str], admin_password: str, tls: BrokerTls
 ) -> list[dict[str, Any]]:
-    """The broker's definitions, the coordinator's and admin's passwords, one password per site
-    (key ``password``)."""
+    """The broker's definitions and TLS files (for the broker's pod), the CA certificate (for
+    every participant), the coordinator's and admin's passwords, one password per site (key
+    ``password``)."""
     rendered = json.dumps(definitions(hospitals, passwords, admin_password), indent=2)
     shared = {
         f"{COORDINATOR}-password": passwords[COORDINATOR],
         f"{ADMIN}-password": admin_password,
     }
+    tls_files = {name: data.decode("ascii") for name, data in tls.files().items()}
     return [
         _secret(DEFINITIONS_SECRET, {DEFINITIONS_KEY: rendered}, BROKER_HOST),
+        _secret(TLS_SECRET, tls_files, BROKER_HOST),
+        _secret(CA_SECRET, {CA_FILE: tls_files[CA_FILE]}, "participants"),
         _secret(CREDENTIALS_SECRET, shared, COORDINATOR),
         *(_secret(site_secret(h), {"password": passwords[h]}, h, site=h) for h in hospitals),
     ]

@@ -15,7 +15,10 @@ What it does (as root, on a fresh Debian machine; a few minutes after the first 
    the assertions are exact.
 4. It asserts on the run's persisted state and the saved models; that each site's container
    holds only its own signing key and broker login, the coordinator none of the hospitals', and
-   that no broker password is in any container's environment; then ``down``.
+   that no broker password is in any container's environment; that every participant's
+   connection is TLS (the broker has no plain listener), only the broker holds its key and the
+   CA's key was never written; that a client without the cluster's CA is refused and one with it
+   logs in (a throw-away container on the cluster's network); then ``down``.
 
 It needs root (dockerd); without root it fails with the reason, never skips.
 """
@@ -225,6 +228,29 @@ def share_files(share: Share, hospitals: int = 0) -> set[str]:
 
 SIGNING_KEY = "signing_key.pem"
 SECRETS = ROOT / "docker" / ".secrets"
+BROKER_CA = "/etc/hefl/broker-ca.pem"  # where every participant mounts the cluster's CA
+# A client on the cluster's network, as hospital-1 (its password file mounted): over amqps
+# without the CA, with it, and over plain AMQP; one line per attempt.
+CLIENT = f"""
+import socket
+from pathlib import Path
+from common.errors import TransportError
+from common.transport.rabbitmq.probe import Probe
+password = Path("/run/secrets/broker-password").read_text().strip()
+url = f"amqps://hospital-1:{{password}}@rabbitmq:5671/hefl"
+try:
+    Probe(url, connect_timeout=10).close()
+    print("without CA: logged in")
+except TransportError as exc:
+    print(f"without CA: {{exc}}")
+with Probe(url, ca_file="{BROKER_CA}", connect_timeout=10) as probe:
+    print(f"with CA: logged in as {{probe.user}}")
+try:
+    socket.create_connection(("rabbitmq", 5672), timeout=5).close()
+    print("plain AMQP: open")
+except OSError as exc:
+    print(f"plain AMQP: {{exc!r}}")
+"""
 
 
 def volume_mounts(container: Any) -> dict[str, tuple[str, Path]]:
@@ -295,6 +321,83 @@ def assert_no_password_in_any_environment(cluster: Cluster) -> None:
         r"^(hefl\.submit|hefl\.announce\.hospital-2)$",
         r"^(hefl\.announce|hefl\.announce\.hospital-2)$",
     ]
+
+
+def rabbitmq_output(cluster: Cluster, *command: str) -> str:
+    (rabbitmq,) = cluster.containers("rabbitmq")
+    done = rabbitmq.exec_run(list(command))
+    assert done.exit_code == 0, done.output
+    return str(done.output.decode())
+
+
+def assert_every_participant_is_on_tls(cluster: Cluster, users: set[str]) -> None:
+    """The broker lists a connection for each of ``users``, every one over TLS, and listens
+    for AMQP on 5671 (TLS) only."""
+    listed = rabbitmq_output(cluster, "rabbitmqctl", "-q", "list_connections", "user", "ssl")
+    connections = [
+        tuple(line.split("\t"))
+        for line in listed.splitlines()
+        if "\t" in line and not line.startswith("user\t")
+    ]
+    assert {user for user, _ in connections} == users, listed
+    assert {ssl for _, ssl in connections} == {"true"}, listed
+    listeners = rabbitmq_output(cluster, "rabbitmq-diagnostics", "-q", "listeners")
+    assert "port: 5671, protocol: amqp/ssl" in listeners, listeners
+    assert "port: 5672," not in listeners, listeners
+
+
+def assert_only_the_broker_holds_its_key(cluster: Cluster) -> None:
+    """The CA's key was never written; the broker's key is mounted into the broker only; every
+    participant mounts the CA certificate, read-only, and no other TLS file."""
+    tls = SECRETS / "tls"
+    assert sorted(p.name for p in tls.iterdir()) == ["ca.pem", "server.key", "server.pem"]
+    participants = {
+        "coordinator",
+        *(c.labels["com.docker.compose.service"] for c in cluster.sites()),
+    }
+    for container in cluster.containers():
+        service = container.labels["com.docker.compose.service"]
+        binds = {
+            m["Destination"]: (Path(m["Source"]), m["RW"])
+            for m in container.attrs["Mounts"]
+            if m["Type"] == "bind" and Path(m["Source"]).parent == tls
+        }
+        if service == "rabbitmq":
+            assert sorted(source.name for source, _ in binds.values()) == sorted(
+                ["ca.pem", "server.pem", "server.key"]
+            )
+        elif service in participants:
+            assert binds == {BROKER_CA: (tls / "ca.pem", False)}, (service, binds)
+        else:  # key steps and partition: no network, no broker
+            assert binds == {}, (service, binds)
+
+
+def assert_a_client_without_the_ca_is_refused(cluster: Cluster) -> None:
+    """A throw-away container on the cluster's network, as hospital-1 with its password: over
+    amqps without the CA the certificate is refused (naming --broker-ca); with the CA it logs
+    in; plain AMQP on 5672 is refused."""
+    (rabbitmq,) = cluster.containers("rabbitmq")
+    (network,) = rabbitmq.attrs["NetworkSettings"]["Networks"]
+    output = cluster.client.containers.run(
+        "hefl-hospital:latest",
+        ["python", "-c", CLIENT],
+        network=network,
+        volumes={
+            str(SECRETS / "tls" / "ca.pem"): {"bind": BROKER_CA, "mode": "ro"},
+            str(SECRETS / "broker" / "hospital-1.password"): {
+                "bind": "/run/secrets/broker-password",
+                "mode": "ro",
+            },
+        },
+        read_only=True,
+        remove=True,
+    ).decode()
+    print(output)
+    lines = dict(line.split(": ", 1) for line in output.splitlines() if ": " in line)
+    assert "presented a TLS certificate this client does not trust" in lines["without CA"]
+    assert "--broker-ca" in lines["without CA"]
+    assert lines["with CA"] == "logged in as hospital-1"
+    assert lines["plain AMQP"].startswith("ConnectionRefusedError")
 
 
 def share_names(count: int) -> list[str]:
@@ -376,6 +479,7 @@ def test_make_up_scale_kill_and_down_complete_the_run_on_quorum(
         killed_round = state["round"]
         victim = cluster.site("hospital-2")
         assert victim is not None and cluster.identity(victim) == "hospital-2"
+        assert_every_participant_is_on_tls(cluster, {"coordinator", *share_names(4)})
         victim.kill()
     assert killed_round < ROUNDS, f"the kill landed in the last round ({killed_round})"
     # A round now waits for hospital-2 until its deadline: time for the healthcheck to run.
@@ -441,6 +545,8 @@ def test_make_up_scale_kill_and_down_complete_the_run_on_quorum(
     assert listing(hospital_keys) == share_files(Share("hospitals"), IDENTITIES)
     assert_one_identity_per_site(cluster)
     assert_no_password_in_any_environment(cluster)
+    assert_only_the_broker_holds_its_key(cluster)
+    assert_a_client_without_the_ca_is_refused(cluster)
     # More replicas than identities: refused before compose is asked.
     refused = subprocess.run(
         cluster.command("scale", IDENTITIES + 1),

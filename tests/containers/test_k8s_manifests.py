@@ -144,7 +144,11 @@ def test_each_site_pod_mounts_only_its_own_secrets_and_only_sites_the_he_secret_
     for site, workload in found.items():
         assert workload["metadata"]["name"] == f"hefl-{site}"
         assert workload["spec"]["replicas"] == 1  # one identity, one pod
-        assert mounted_secrets(workload) == {f"hefl-{site}-keys", f"hefl-{site}-broker"}
+        assert mounted_secrets(workload) == {
+            f"hefl-{site}-keys",
+            f"hefl-{site}-broker",
+            "hefl-broker-ca",  # the cluster's CA certificate: no key
+        }
     workloads = [o for o in objects if o["kind"] in ("Deployment", "StatefulSet", "Job")]
     key_holders = {
         o["metadata"]["name"]
@@ -156,7 +160,39 @@ def test_each_site_pod_mounts_only_its_own_secrets_and_only_sites_the_he_secret_
     assert mounted_secrets(by_kind(objects, "Deployment", "hefl-coordinator")) == {
         "hefl-coordinator-keys",
         "hefl-broker-credentials",
+        "hefl-broker-ca",
     }
+
+
+def test_the_broker_listens_on_tls_only_and_every_participant_trusts_the_cluster_ca(
+    objects: list[dict[str, Any]],
+) -> None:
+    from hefl.sites.broker import PARTICIPANT_URL
+
+    workloads = [o for o in objects if o["kind"] in ("Deployment", "StatefulSet", "Job")]
+    holders = {o["metadata"]["name"] for o in workloads if "hefl-broker-tls" in mounted_secrets(o)}
+    assert holders == {"rabbitmq"}  # the broker's key: its own pod only
+    service = by_kind(objects, "Service", "rabbitmq")["spec"]
+    assert sorted(p["port"] for p in service["ports"]) == [5671, 15672]
+    (broker,) = by_kind(objects, "StatefulSet", "rabbitmq")["spec"]["template"]["spec"][
+        "containers"
+    ]
+    assert sorted(p["containerPort"] for p in broker["ports"]) == [5671, 15672]
+    assert (
+        by_kind(objects, "ConfigMap", "hefl-config")["data"]["HEFL_BROKER_URL"] == PARTICIPANT_URL
+    )
+    participants = [o for o in workloads if "hefl-broker-ca" in mounted_secrets(o)]
+    assert sorted(o["metadata"]["name"] for o in participants) == sorted(
+        ["hefl-coordinator", *(f"hefl-{site}" for site in sites(objects))]
+    )
+    for workload in participants:
+        pod = workload["spec"]["template"]["spec"]
+        (ca_volume,) = [n for n, v in pod_volumes(workload).items() if "hefl-broker-ca" in str(v)]
+        (container,) = pod["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        mounts = {m["name"]: m for m in container["volumeMounts"]}
+        assert mounts[ca_volume]["readOnly"] is True
+        assert env["HEFL_BROKER_CA"] == f"{mounts[ca_volume]['mountPath']}/ca.pem"
 
 
 def test_every_container_runs_non_root_read_only_with_limits_and_probes(
@@ -191,7 +227,7 @@ def test_network_policies_let_hospitals_reach_only_the_broker_and_nothing_reach_
             assert "Ingress" not in spec["policyTypes"]
         for rule in spec.get("egress", []):
             ports = {p["port"] for p in rule["ports"]}
-            assert ports <= {53, 5672}, policy["metadata"]["name"]
+            assert ports <= {53, 5671}, policy["metadata"]["name"]  # AMQP over TLS only
 
 
 def test_each_site_runs_as_its_own_identity_and_the_coordinator_expects_the_sites(

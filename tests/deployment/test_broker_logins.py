@@ -1,7 +1,8 @@
 """One broker user per site: docker/broker_credentials.py (compose) and hefl.sites.broker
 (Kubernetes, through hefl keys-k8s-secrets) give every participant its own user and password, in
 a file and never in an environment variable, with RabbitMQ permissions confined to its own
-queue."""
+queue; and the broker's TLS material: a private CA whose key is never written, the broker's
+certificate for its service name, and the CA alone for the participants."""
 
 from __future__ import annotations
 
@@ -14,11 +15,15 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from hefl.sites import broker
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "docker" / "broker_credentials.py"
+TLS_FILES = ["ca.pem", "server.key", "server.pem"]
 
 
 def generate(folder: Path, hospitals: int) -> subprocess.CompletedProcess[str]:
@@ -69,9 +74,9 @@ def test_participants_log_in_as_themselves_with_a_password_from_a_file() -> None
 
     parts = urlsplit(broker.PARTICIPANT_URL)
     assert (parts.scheme, parts.hostname, parts.port, parts.path) == (
-        "amqp",
+        "amqps",
         "rabbitmq",
-        5672,
+        5671,
         "/hefl",
     )
     assert parts.username is None and parts.password is None  # the URL holds no secret
@@ -121,6 +126,62 @@ def test_compose_credentials_are_files_one_per_participant_kept_across_runs(
     assert (files / "hospital-1.password").read_text() == before["hospital-1.password"]
 
 
+def test_compose_tls_files_are_the_ca_certificate_and_the_brokers_kept_across_runs(
+    tmp_path: Path,
+) -> None:
+    assert generate(tmp_path, 2).returncode == 0
+    tls = tmp_path / ".secrets" / "tls"
+    assert sorted(p.name for p in tls.iterdir()) == TLS_FILES  # no CA key, ever
+    assert mode(tls) == 0o700  # only the operator reaches them on the host
+    assert {p.name: mode(p) for p in tls.iterdir()} == dict.fromkeys(TLS_FILES, 0o644)
+    before = {p.name: p.read_bytes() for p in tls.iterdir()}
+    assert generate(tmp_path, 3).returncode == 0  # make up again, even with more identities
+    assert {p.name: p.read_bytes() for p in tls.iterdir()} == before
+    (tls / "server.key").unlink()  # the CA's key is gone: a new CA signs a new certificate
+    assert generate(tmp_path, 3).returncode == 0
+    again = {p.name: p.read_bytes() for p in tls.iterdir()}
+    assert sorted(again) == TLS_FILES
+    assert not [name for name in TLS_FILES if again[name] == before[name]]
+
+
+def test_the_brokers_certificate_names_the_broker_and_only_its_own_key_is_kept() -> None:
+    tls = broker.issue_tls()
+    files = tls.files()
+    assert sorted(files) == TLS_FILES
+    ca = x509.load_pem_x509_certificate(files["ca.pem"])
+    cert = x509.load_pem_x509_certificate(files["server.pem"])
+    cert.verify_directly_issued_by(ca)
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == ["rabbitmq", "localhost"]
+    assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    key = serialization.load_pem_private_key(files["server.key"], password=None)
+    public = serialization.PublicFormat.SubjectPublicKeyInfo
+    der = serialization.Encoding.DER
+    assert key.public_key().public_bytes(der, public) == cert.public_key().public_bytes(der, public)
+    assert [name for name, data in files.items() if b"PRIVATE KEY" in data] == ["server.key"]
+    assert "PRIVATE" not in repr(tls)
+    assert broker.issue_tls().ca_cert != tls.ca_cert  # a new CA each time: nothing is reused
+
+
+def conf_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line and not line.startswith("#")]
+
+
+def test_the_brokers_listen_on_tls_only_in_compose_and_kubernetes() -> None:
+    expected = broker.rabbitmq_config(
+        tls_dir="/etc/rabbitmq/tls", definitions_file="/etc/rabbitmq/hefl-definitions.json"
+    )
+    assert "listeners.tcp = none" in expected and "listeners.ssl.default = 5671" in expected
+    assert "ssl_options.fail_if_no_peer_cert = false" in expected
+    compose = (ROOT / "docker" / "rabbitmq" / "10-hefl.conf").read_text()
+    assert conf_lines(compose) == conf_lines(expected)
+    configs = yaml.safe_load_all((ROOT / "k8s" / "configmap.yaml").read_text())
+    (k8s,) = [c for c in configs if c["metadata"]["name"] == "hefl-rabbitmq-config"]
+    assert k8s["data"]["10-hefl.conf"] == broker.rabbitmq_config(
+        tls_dir="/etc/rabbitmq/tls", definitions_file="/etc/rabbitmq/definitions/definitions.json"
+    )
+
+
 def test_compose_credentials_need_at_least_one_hospital(tmp_path: Path) -> None:
     done = generate(tmp_path, 0)
     assert done.returncode == 2 and "at least one hospital" in done.stderr
@@ -130,13 +191,24 @@ def test_compose_credentials_need_at_least_one_hospital(tmp_path: Path) -> None:
 def test_kubernetes_broker_secrets_give_each_site_only_its_own_login(sites: int) -> None:
     names = [f"hospital-{k}" for k in range(1, sites + 1)]
     passwords = {p: f"pw-{p}" for p in broker.participants(names)}
-    manifests = broker.k8s_secrets(names, passwords, "admin-pw")
+    tls = broker.issue_tls()
+    manifests = broker.k8s_secrets(names, passwords, "admin-pw", tls)
     by_name = {m["metadata"]["name"]: m for m in manifests}
     assert set(by_name) == {
         "hefl-broker-definitions",
+        "hefl-broker-tls",
+        "hefl-broker-ca",
         "hefl-broker-credentials",
         *(f"hefl-{site}-broker" for site in names),
     }
+    decoded = {
+        name: {k: base64.b64decode(v) for k, v in m["data"].items()} for name, m in by_name.items()
+    }
+    assert decoded["hefl-broker-tls"] == tls.files()  # the broker's pod only
+    assert decoded["hefl-broker-ca"] == {"ca.pem": tls.ca_cert}  # every participant: no key
+    assert [n for n, data in decoded.items() if b"PRIVATE KEY" in b"".join(data.values())] == [
+        "hefl-broker-tls"
+    ]
     for site in names:
         data = by_name[f"hefl-{site}-broker"]["data"]
         assert {k: base64.b64decode(v).decode() for k, v in data.items()} == {

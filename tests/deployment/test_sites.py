@@ -47,6 +47,11 @@ def key_volumes(service: dict[str, Any]) -> list[str]:
     return [v for v in service.get("volumes", []) if "keys" in v.split(":")[0]]
 
 
+def tls_mounts(service: dict[str, Any]) -> list[str]:
+    """The service's mounts of the broker's TLS files (docker/.secrets/tls/)."""
+    return [v for v in service.get("volumes", []) if v.startswith("./.secrets/tls/")]
+
+
 def test_each_compose_site_mounts_only_its_own_key_volume_and_broker_secret(
     override: dict[str, Any],
 ) -> None:
@@ -60,7 +65,9 @@ def test_each_compose_site_mounts_only_its_own_key_volume_and_broker_secret(
         assert service["secrets"] == [{"source": f"broker-{site}", "target": "broker-password"}]
         environment = service["environment"]
         assert environment["HEFL_BROKER_PASSWORD_FILE"] == "/run/secrets/broker-password"
-        assert environment["HEFL_BROKER_URL"] == "amqp://rabbitmq:5672/hefl"  # user: the site
+        assert environment["HEFL_BROKER_URL"] == "amqps://rabbitmq:5671/hefl"  # user: the site
+        assert environment["HEFL_BROKER_CA"] == "/etc/hefl/broker-ca.pem"
+        assert tls_mounts(service) == ["./.secrets/tls/ca.pem:/etc/hefl/broker-ca.pem:ro"]
         assert "HEFL_IDENTITY" not in service["environment"]  # named, never claimed
         assert service["depends_on"][f"keys-{site}"] == {
             "condition": "service_completed_successfully"
@@ -95,6 +102,24 @@ def test_the_coordinator_plans_for_the_issued_sites_and_every_one_has_a_volume_a
         "hospital-2",
         "hospital-3",
     ]
+
+
+def test_every_compose_participant_trusts_the_cluster_ca_and_only_the_broker_has_its_key(
+    override: dict[str, Any],
+) -> None:
+    services = {**BASE["services"], **override["services"]}
+    services["coordinator"] = BASE["services"]["coordinator"]
+    ca_only = ["./.secrets/tls/ca.pem:/etc/hefl/broker-ca.pem:ro"]
+    for name in ("coordinator", "hospital-1", "hospital-2", "hospital-3"):
+        assert tls_mounts(services[name]) == ca_only, name
+        assert services[name]["environment"]["HEFL_BROKER_CA"] == "/etc/hefl/broker-ca.pem"
+    assert tls_mounts(services["rabbitmq"]) == [
+        f"./.secrets/tls/{name}:/etc/rabbitmq/tls/{name}:ro"
+        for name in ("ca.pem", "server.pem", "server.key")
+    ]
+    others = set(services) - {"coordinator", "rabbitmq", "hospital-1", "hospital-2", "hospital-3"}
+    assert others and not [n for n in others if tls_mounts(services[n])]  # no network anyway
+    assert not [n for n, s in services.items() if "BROKER_URL" in json.dumps(s) and n in others]
 
 
 def test_no_compose_container_gets_a_password_in_its_environment(override: dict[str, Any]) -> None:
@@ -157,7 +182,11 @@ def test_each_kubernetes_site_is_a_deployment_mounting_only_its_own_secrets() ->
     for k, deployment in enumerate(deployments, start=1):
         site = f"hospital-{k}"
         assert deployment["spec"]["replicas"] == 1
-        assert mounted_secrets(deployment) == {f"hefl-{site}-keys", f"hefl-{site}-broker"}
+        assert mounted_secrets(deployment) == {
+            f"hefl-{site}-keys",
+            f"hefl-{site}-broker",
+            "hefl-broker-ca",  # the cluster's CA certificate: no key
+        }
         assert f"hospital-{k % 3 + 1}" not in yaml.safe_dump(deployment)  # no other site
     config = next(d for d in documents if d["kind"] == "ConfigMap")
     assert config["metadata"]["name"] == k8s_sites.SITES_CONFIG
