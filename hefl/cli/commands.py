@@ -74,6 +74,14 @@ COMMANDS: tuple[Command[Any], ...] = (
         defaults={"store": "store", "out": Path("out")},
     ),
     Command(
+        name="broker-users",
+        help="one RabbitMQ user per participant for a broker you run: a password file each "
+        "and definitions.json to import (rabbitmqctl import_definitions); kept when present",
+        options=options.BrokerUsersOptions,
+        run=local.broker_users,
+        required=("out",),
+    ),
+    Command(
         name="drive-share",
         help="make a run's per-site Drive folders, share each with its hospital's account "
         "(writer on its own updates, reader on the aggregates) and print each site's store URL",

@@ -11,7 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import ConfigError
-from hefl.cli.options import DriveShareOptions, KeygenOptions, PartitionOptions, SimulateOptions
+from hefl.cli.options import (
+    BrokerUsersOptions,
+    DriveShareOptions,
+    KeygenOptions,
+    PartitionOptions,
+    SimulateOptions,
+)
 
 
 def _he_config(scheme: str, max_hospitals: int) -> Any:
@@ -164,4 +170,37 @@ def drive_share(options: DriveShareOptions) -> int:
     folders = share_run_folders(store, options.run, accounts)
     for site in sorted(accounts):
         print(f"{site}: {site_store_url(store.root_id, folders.for_hospital(site))}")
+    return 0
+
+
+def broker_users(options: BrokerUsersOptions) -> int:
+    from common.atomic import write_atomic
+    from common.protocol.runconfig import hospital_names
+    from common.transport.settings import read_password_file
+    from hefl.sites.broker import ADMIN, definitions, issue_passwords, participants
+
+    hospitals = hospital_names(options.hospitals)
+    folder = options.out / "passwords"
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chmod(
+        folder, 0o700
+    )  # the passwords: the operator's; the definitions hold salted hashes only
+    names = (*participants(hospitals), ADMIN)
+    known = {n: read_password_file(folder / n) for n in names if (folder / n).is_file()}
+    passwords = issue_passwords(names, known)
+    for name in names:
+        if name not in known:
+            write_atomic(folder / name, (passwords[name] + "\n").encode(), mode=0o600)
+    admin = passwords.pop(ADMIN)
+    rendered = definitions(hospitals, passwords, admin)
+    body = (json.dumps(rendered, indent=1, sort_keys=True) + "\n").encode()
+    definitions_file = options.out / "definitions.json"
+    write_atomic(definitions_file, body, mode=0o644)  # rabbitmqctl reads it as the broker's user
+    kept = len(known)
+    print(
+        f"{len(names)} broker users in {options.out} ({kept} kept, {len(names) - kept} new): "
+        f"import them with\n  rabbitmqctl import_definitions {definitions_file.resolve()}\n"
+        f"then give each participant --broker amqp://HOST:5672/{rendered['vhosts'][0]['name']} "
+        f"and --broker-password-file {folder} (or only its own file)"
+    )
     return 0

@@ -101,6 +101,12 @@ class KeygenOptions:
 
 
 @dataclass(frozen=True, kw_only=True)
+class BrokerUsersOptions:
+    hospitals: int
+    out: Path
+
+
+@dataclass(frozen=True, kw_only=True)
 class DriveShareOptions:
     store: str
     run: str
