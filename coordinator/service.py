@@ -35,10 +35,12 @@ from common.protocol.messages import (
     FinalReport,
     Hello,
     Message,
+    ParticipantsFixed,
     RoundStarted,
     RunAborted,
     RunFinished,
     UpdateFailed,
+    UpdateReady,
     UpdateSubmitted,
 )
 from common.protocol.signing import MessageCodec, SignatureError
@@ -124,10 +126,15 @@ class Coordinator:
             decision = sm.round_decision(self.plan, self.state, now)
             if decision == "close":
                 self._close_round(now)
+            elif decision in ("fix", "refix"):
+                self._fix_participants(decision, now)
             elif decision == "fail":
+                gathering = self.plan.masking and not self.state.participants
+                answered = self.state.ready if gathering else self.state.accepted
                 self._fail(
-                    f"round {self.state.round}: only {len(self.state.accepted)} of "
-                    f"{self.plan.min_hospitals} required hospitals submitted before the deadline"
+                    f"round {self.state.round}: only {len(answered)} of "
+                    f"{self.plan.min_hospitals} required hospitals "
+                    f"{'were ready' if gathering else 'submitted'} before the deadline"
                     + self._reported_failures()
                 )
         elif self.state.phase == "final" and sm.final_decision(self.plan, self.state, now):
@@ -165,6 +172,8 @@ class Coordinator:
     def _dispatch(self, message: Message, body: bytes) -> None:
         if isinstance(message, UpdateSubmitted):
             self._on_update(message, body)
+        elif isinstance(message, UpdateReady):
+            self._on_ready(message)
         elif isinstance(message, UpdateFailed):
             self._on_failed(message)
         elif isinstance(message, FinalReport):
@@ -199,8 +208,21 @@ class Coordinator:
             self._persist()
         self._announce()
 
+    def _on_ready(self, msg: UpdateReady) -> None:
+        reason = sm.judge_ready(self.plan, self.state, msg.run, msg.round, msg.hospital)
+        if reason == "duplicate" and msg.hospital in self.state.ready:
+            return  # at-least-once delivery
+        if reason:
+            self._reject(reason, f"readiness of {msg.hospital} for round {msg.round}")
+            return
+        self.state = sm.with_ready(self.state, msg.hospital)
+        self._persist()
+        self._log("hospital_ready", hospital=msg.hospital)
+
     def _on_update(self, msg: UpdateSubmitted, envelope: bytes) -> None:
-        reason = sm.judge_submission(self.plan, self.state, msg.run, msg.round, msg.hospital)
+        reason = sm.judge_submission(
+            self.plan, self.state, msg.run, msg.round, msg.hospital, msg.attempt
+        )
         if reason == "duplicate" and any(
             a.hospital == msg.hospital and a.sha256 == msg.sha256 for a in self.state.accepted
         ):
@@ -309,6 +331,23 @@ class Coordinator:
             self._report_progress(self.state.history[-2])
         self._announce()
 
+    def _fix_participants(self, decision: str, now: float) -> None:
+        """Fix who masks with whom; after a dropout, the ones that uploaded mask afresh."""
+        if decision == "refix":
+            missing = sorted(set(self.state.participants) - set(self.state.accepted_hospitals))
+            self.state = sm.refix_participants(self.plan, self.state, now)
+            self._sum = self._aggregator.new_sum()  # it holds masks of the missing ones
+            self._log("participants_dropped", level=logging.WARNING, missing=",".join(missing))
+        else:
+            self.state = sm.fix_participants(self.plan, self.state, now)
+        self._persist()
+        self._log(
+            "participants_fixed",
+            attempt=self.state.attempt,
+            participants=len(self.state.participants),
+        )
+        self._announce()
+
     def _fail(self, error: str) -> None:
         self.state = sm.fail_run(self.state, error)
         self._persist()
@@ -327,6 +366,15 @@ class Coordinator:
                 deadline=self.state.deadline,
                 config_digest=self.plan.config_digest,
             )
+            if self.state.participants:  # also re-announced, for a restarted coordinator
+                self._transport.publish(ANNOUNCE, self._codec.encode(message))
+                message = ParticipantsFixed(
+                    run=self.plan.run,
+                    round=self.state.round,
+                    attempt=self.state.attempt,
+                    participants=self.state.participants,
+                    deadline=self.state.mask_deadline,
+                )
         elif self.state.phase == "final":
             final = self.state.global_ref
             if final is None:
@@ -379,8 +427,8 @@ class Coordinator:
             message = self._codec.decode(entry.envelope.encode())
             if not (
                 isinstance(message, UpdateSubmitted)
-                and (message.run, message.round, message.hospital)
-                == (self.plan.run, self.state.round, entry.hospital)
+                and (message.run, message.round, message.hospital, message.attempt)
+                == (self.plan.run, self.state.round, entry.hospital, self.state.attempt)
                 and (message.blob_ref, message.sha256) == (entry.blob_ref, entry.sha256)
             ):
                 raise ProtocolError(
@@ -410,6 +458,7 @@ class Coordinator:
                     "accepted": list(r.accepted),
                     "failed": list(r.failed),
                     "seconds": r.seconds,
+                    "attempts": r.attempts,
                     "bytes_uploaded": r.bytes_uploaded,
                     "train_loss": r.train_loss,
                     "holdout_metrics_mean": r.model_metrics,

@@ -25,6 +25,7 @@ import pydantic
 from pydantic import AfterValidator, AllowInfNan, ConfigDict, TypeAdapter, with_config
 
 from common.crypto.cipher import UPDATE
+from common.crypto.masking import DEFAULT_MASK_TIMEOUT
 from common.errors import ConfigError, ProtocolError
 from common.fedavg import MIN_CONTRIBUTORS, finite_metrics, mean_metrics
 from common.validation import dotted_path, explain, missing_field
@@ -32,6 +33,7 @@ from common.validation import dotted_path, explain, missing_field
 Phase = Literal["round", "final", "done", "failed"]
 #: A hospital's Hellos re-announce the round at most once per this many seconds.
 DEFAULT_HELLO_INTERVAL: Final = 10.0
+Decision = Literal["wait", "fix", "refix", "close", "fail"]
 
 
 def _not_infinite(value: float) -> float:
@@ -60,6 +62,10 @@ class RunPlan:
     value_count: int  # reals in every update blob (the model's parameters and the weight)
     expected_hospitals: int | None = None  # round 1 waits for this many (None: all)
     hello_interval: float = DEFAULT_HELLO_INTERVAL
+    # Pairwise masking: hospitals train, say UpdateReady, and upload only once the coordinator
+    # fixed the round's participants (ParticipantsFixed); a dropout after that re-fixes the set.
+    masking: bool = False
+    mask_timeout: float = DEFAULT_MASK_TIMEOUT
 
     @property
     def expected(self) -> int:
@@ -89,7 +95,7 @@ class RunPlan:
             raise ConfigError(
                 f"expected_hospitals must be within 1..{len(self.hospitals)}, got {self.expected}"
             )
-        for name in ("round_timeout", "final_timeout"):
+        for name in ("round_timeout", "final_timeout", "mask_timeout"):
             timeout = getattr(self, name)
             if not (math.isfinite(timeout) and timeout > 0):  # NaN would never expire
                 raise ConfigError(f"{name} must be a positive number of seconds, got {timeout}")
@@ -122,6 +128,7 @@ class RoundRecord:
     train_loss: float | None
     aggregate_ref: str
     aggregate_sha256: str
+    attempts: int = 0  # participant sets fixed (masked runs): more than 1 after a dropout
     model_metrics: dict[str, float] | None = None
     hospital_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
 
@@ -142,6 +149,11 @@ class RunState:
     error: str | None = None
     roster: tuple[str, ...] = ()  # hospitals known to be present
     joined: tuple[str, ...] = ()  # said Hello during the current round
+    # Masked runs: who trained and waits, and the participant set of the current attempt.
+    ready: tuple[str, ...] = ()
+    participants: tuple[str, ...] = ()
+    attempt: int = 0  # 0: no set fixed yet this round
+    mask_deadline: float = 0.0
 
     @property
     def global_ref(self) -> tuple[str, str] | None:
@@ -165,8 +177,11 @@ def new_run(plan: RunPlan, now: float) -> RunState:
     )
 
 
-def judge_submission(plan: RunPlan, state: RunState, run: str, round_: int, hospital: str) -> str:
-    """Return "" to accept, or the reason a submission must be rejected."""
+def judge_submission(
+    plan: RunPlan, state: RunState, run: str, round_: int, hospital: str, attempt: int | None = None
+) -> str:
+    """Return "" to accept, or the reason a submission must be rejected. ``attempt`` is that of
+    an update (None for other answers): a masked update counts only for the current set."""
     if run != plan.run:
         return "other-run"
     if hospital not in plan.hospitals:
@@ -176,6 +191,27 @@ def judge_submission(plan: RunPlan, state: RunState, run: str, round_: int, hosp
     if round_ > state.round:
         return "future-round"
     if hospital in state.accepted_hospitals or hospital in state.failed:
+        return "duplicate"
+    if attempt is not None and plan.masking:
+        if attempt != state.attempt:
+            return "other-attempt"
+        if hospital not in state.participants:
+            return "not-a-participant"
+    elif attempt:
+        return "other-attempt"  # a masked update in an unmasked run
+    return ""
+
+
+def judge_ready(plan: RunPlan, state: RunState, run: str, round_: int, hospital: str) -> str:
+    """Return "" when ``hospital`` may join the round's participant set, or the reason not."""
+    reason = judge_submission(plan, state, run, round_, hospital)
+    if reason:
+        return reason
+    if not plan.masking:
+        return "unmasked-run"
+    if state.participants:
+        return "late"  # the set is fixed: it joins the next round
+    if hospital in state.ready:
         return "duplicate"
     return ""
 
@@ -233,19 +269,73 @@ def with_failed(state: RunState, hospital: str) -> RunState:
     return with_member(replace(state, failed=(*state.failed, hospital)), hospital)
 
 
-def round_decision(plan: RunPlan, state: RunState, now: float) -> Literal["wait", "close", "fail"]:
-    """Close early when the roster has answered with a quorum; at the deadline, close on a
-    quorum or fail without one."""
+def with_ready(state: RunState, hospital: str) -> RunState:
+    return with_member(replace(state, ready=(*state.ready, hospital)), hospital)
+
+
+def round_decision(plan: RunPlan, state: RunState, now: float) -> Decision:
+    """What the round needs now.
+
+    Unmasked: "close" early when the roster has answered with a quorum; at the deadline, close
+    on a quorum or "fail" without one. Masked, the same rule over the hospitals that are ready
+    says when to "fix" the participant set; once fixed, the round closes when every participant
+    uploaded; when one failed or the mask deadline passed, the ones that uploaded are the next
+    attempt's set ("refix") if they are a quorum, else the run fails.
+    """
     if state.phase != "round":
         return "wait"
-    answered = {*state.accepted_hospitals, *state.failed}
-    quorum = len(state.accepted) >= plan.min_hospitals
+    if not plan.masking:
+        gathered = _gathered(plan, state, state.accepted_hospitals, now)
+        return "close" if gathered == "done" else gathered
+    if not state.participants:
+        gathered = _gathered(plan, state, state.ready, now)
+        return "fix" if gathered == "done" else gathered
+    uploaded = set(state.accepted_hospitals)
+    fixed = set(state.participants)
+    if uploaded >= fixed:
+        return "close"
+    if uploaded | set(state.failed) >= fixed or now >= state.mask_deadline:
+        return "refix" if len(uploaded) >= plan.min_hospitals else "fail"
+    return "wait"
+
+
+def _gathered(
+    plan: RunPlan, state: RunState, answered_ok: tuple[str, ...], now: float
+) -> Literal["wait", "done", "fail"]:
+    answered = {*answered_ok, *state.failed}
+    quorum = len(answered_ok) >= plan.min_hospitals
     if answered >= set(plan.hospitals) or now >= state.deadline:
-        return "close" if quorum else "fail"
+        return "done" if quorum else "fail"
     enough = state.round > 1 or len(answered) >= plan.expected
     if quorum and enough and answered >= set(state.roster):
-        return "close"
+        return "done"
     return "wait"
+
+
+def fix_participants(plan: RunPlan, state: RunState, now: float) -> RunState:
+    """The first participant set of the round: every hospital that is ready."""
+    return replace(
+        state,
+        participants=tuple(sorted(state.ready)),
+        attempt=1,
+        mask_deadline=now + plan.mask_timeout,
+    )
+
+
+def refix_participants(plan: RunPlan, state: RunState, now: float) -> RunState:
+    """After a dropout: the participants that uploaded mask afresh among themselves (their
+    uploads of the failed attempt hold masks of the missing ones and are dropped); the rest
+    count as failed for this round."""
+    survivors = tuple(sorted(state.accepted_hospitals))
+    dropped = tuple(h for h in state.participants if h not in survivors and h not in state.failed)
+    return replace(
+        state,
+        participants=survivors,
+        attempt=state.attempt + 1,
+        mask_deadline=now + plan.mask_timeout,
+        accepted=(),
+        failed=(*state.failed, *dropped),
+    )
 
 
 def close_round(
@@ -263,6 +353,7 @@ def close_round(
         train_loss=sum(losses) / len(losses) if losses else None,
         aggregate_ref=aggregate_ref,
         aggregate_sha256=aggregate_sha256,
+        attempts=state.attempt,
     )
     history = list(state.history)
     if history:
@@ -286,6 +377,10 @@ def close_round(
         history=tuple(history),
         roster=tuple(h for h in state.roster if h in present),
         joined=(),
+        ready=(),
+        participants=(),
+        attempt=0,
+        mask_deadline=0.0,
     )
 
 

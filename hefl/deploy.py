@@ -24,6 +24,7 @@ from common.crypto import (
     open_aggregator,
     open_cipher,
 )
+from common.crypto.masking import DEFAULT_MASK_TIMEOUT
 from common.data import FeatureEncoder, load_local_data, load_schema
 from common.data.partition import DEFAULT_TEST_FRACTION
 from common.errors import ConfigError, HeflError
@@ -55,6 +56,7 @@ class RunSettings:
     schema: str
     model: ModelConfig
     test_fraction: float = DEFAULT_TEST_FRACTION
+    masking: bool = True
 
     def value_count(self) -> int:
         """Reals in every update blob: the model's parameters and the FedAvg weight."""
@@ -70,6 +72,7 @@ class RunSettings:
             n_features=encoder.n_features,
             seed=self.seed,
             rounds=self.rounds,
+            masking=self.masking,
         )
 
 
@@ -142,6 +145,7 @@ def run_coordinator(
     final_timeout: float,
     state_dir: Path,
     keep_updates: bool = False,
+    mask_timeout: float | None = None,
 ) -> int:
     """Run (or resume) one federated run to its end; 0 when done, 1 when it failed."""
     layout = KeyLayout(endpoints.keys)
@@ -161,6 +165,8 @@ def run_coordinator(
         final_timeout=final_timeout,
         config_digest=settings.digest(bundle.manifest.config),
         value_count=settings.value_count(),
+        masking=settings.masking,
+        mask_timeout=mask_timeout or min(DEFAULT_MASK_TIMEOUT, round_timeout),
     )
     stop = threading.Event()
     _stop_on_signals(stop)
@@ -240,6 +246,7 @@ def run_hospital(
             config_digest=settings.digest(bundle.manifest.config),
             out_dir=out,
             sanity=sanity,
+            masks=codec.pairwise_masks() if settings.masking else None,
         )
         hospital.start(hello=True)
         log_event(

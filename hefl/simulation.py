@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from common.crypto import Aggregator, Cipher, HEConfig
+from common.crypto import PLAIN, Aggregator, Cipher, HEConfig
 from common.data import FeatureEncoder, Schema, encode_local, load_schema, partition, read_csv
 from common.data.local import LocalData
 from common.data.partition import DEFAULT_TEST_FRACTION, Method
@@ -56,6 +56,7 @@ class SimulationConfig:
     he: HEConfig = field(default_factory=HEConfig)
     out: Path = Path("out/demo")
     store: str | None = None  # a store URL (common.store.open_store); None: <out>/store
+    masking: bool = True  # pairwise masks inside encrypted updates (the plain scheme has none)
 
     def describe(self) -> dict[str, Any]:
         """The settings a run summary records (``summary.json``'s ``config``)."""
@@ -70,6 +71,7 @@ class SimulationConfig:
             "seed": self.seed,
             "test_fraction": self.test_fraction,
             "model": self.model.to_dict(),
+            "masking": self.masking,
         }
 
 
@@ -133,7 +135,7 @@ def load_cohort(config: SimulationConfig) -> Cohort:
     )
 
 
-def config_digest(config: SimulationConfig, cohort: Cohort) -> str:
+def config_digest(config: SimulationConfig, cohort: Cohort, *, masking: bool) -> str:
     return run_config_digest(
         model=config.model,
         he=config.he,
@@ -141,6 +143,7 @@ def config_digest(config: SimulationConfig, cohort: Cohort) -> str:
         n_features=cohort.n_features,
         seed=config.seed,
         rounds=config.rounds,
+        masking=masking,
     )
 
 
@@ -155,12 +158,14 @@ def run_federated(
     store_dir: Path | None = None,
     on_progress: Callable[[RoundRecord, RunState], None] | None = None,
     trainer_for: TrainerFactory = keras_trainer,
+    masking: bool | None = None,
 ) -> FederatedResult:
     """Run coordinator and hospitals to the end of the run; return the hospitals' final model.
 
-    The store is ``store``, or a local folder ``store_dir``. An embedded run always starts
-    afresh: what an earlier simulation left under ``runs/<run>/`` in the store (which may outlive
-    ``out``, e.g. a Drive folder) is removed first.
+    ``masking`` defaults to ``config.masking`` for HE schemes; the plain comparison scheme has
+    nothing to mask inside. The store is ``store``, or a local folder ``store_dir``. An embedded
+    run always starts afresh: what an earlier simulation left under ``runs/<run>/`` in the store
+    (which may outlive ``out``, e.g. a Drive folder) is removed first.
     """
     if store is None and store_dir is not None:
         store = LocalStore(store_dir)
@@ -169,7 +174,9 @@ def run_federated(
     transport = InMemoryTransport()
     for key in store.list(layout.run_prefix(run) + "/"):
         store.delete(key)
-    digest = config_digest(config, cohort)
+    if masking is None:
+        masking = config.masking and aggregator.scheme != PLAIN
+    digest = config_digest(config, cohort, masking=masking)
     plan = RunPlan(
         run=run,
         rounds=config.rounds,
@@ -179,6 +186,7 @@ def run_federated(
         final_timeout=600.0,
         config_digest=digest,
         value_count=payload_size(parameter_count(config.model, cohort.n_features)),
+        masking=masking,
     )
     identities, trust = generate_identities(list(cohort.names))
     coordinator = Coordinator(
@@ -191,6 +199,7 @@ def run_federated(
         on_progress=on_progress,
     )
     start_weights = initial_weights(config.model, cohort.n_features, config.seed)
+    codecs = {name: MessageCodec(identities[name], trust) for name in cohort.names}
     hospitals = [
         Hospital(
             name,
@@ -200,11 +209,12 @@ def run_federated(
             cipher=cipher_for(name),
             transport=transport.participant(name),
             store=store,
-            codec=MessageCodec(identities[name], trust),
+            codec=codecs[name],
             initial_weights=start_weights,
             seed=config.seed,
             config_digest=digest,
             out_dir=config.out / run / "models",
+            masks=codecs[name].pairwise_masks() if masking else None,
         )
         for name, data in zip(cohort.names, cohort.data, strict=True)
     ]

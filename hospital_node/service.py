@@ -4,6 +4,11 @@ The node is stateless apart from its data and keys: every round it rebuilds the 
 from the announced aggregate (sum of weighted models and sum of weights, both encrypted), so a
 restarted node simply answers the next announcement. Any failure while evaluating, training or
 encrypting is reported to the coordinator as ``UpdateFailed``, not as silence.
+
+In a masked run (``masks`` given) the node trains, keeps its update in memory and says
+``UpdateReady``; it encrypts and uploads only for a ``ParticipantsFixed`` that names it, adding
+its pairwise masks for exactly that set (``common.crypto.masking``). A later attempt of the same
+round (a participant dropped out) is answered by masking the same update afresh: no retraining.
 """
 
 from __future__ import annotations
@@ -11,12 +16,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from common.crypto import AGGREGATE, Binding, Cipher
 from common.crypto.blob import COORDINATOR_SENDER
+from common.crypto.masking import Cohort, Masker, PairwiseMasks
 from common.data.local import LocalData
 from common.errors import HeflError, ProtocolError, TrainingError
 from common.fedavg import (
@@ -35,10 +42,12 @@ from common.protocol.messages import (
     FOLLOW_RUN,
     FinalReport,
     Hello,
+    ParticipantsFixed,
     RoundStarted,
     RunAborted,
     RunFinished,
     UpdateFailed,
+    UpdateReady,
     UpdateSubmitted,
 )
 from common.protocol.signing import MessageCodec
@@ -47,6 +56,15 @@ from common.transport import ANNOUNCE, SUBMIT, Transport
 from hospital_node.trainer import Trainer
 
 logger = logging.getLogger("hefl.hospital")
+
+
+@dataclass(frozen=True)
+class _Trained:
+    """A masked run's trained update, kept until the round's participant set is fixed."""
+
+    round: int
+    payload: np.ndarray
+    metrics: dict[str, float]
 
 
 class Hospital:
@@ -69,6 +87,7 @@ class Hospital:
         out_dir: Path | None = None,
         clock: Callable[[], float] = time.time,
         sanity: Sanity = DEFAULT_SANITY,
+        masks: PairwiseMasks | None = None,
     ) -> None:
         self.hospital = hospital
         # None: follow the run the coordinator announces (the first signed RoundStarted of this
@@ -89,6 +108,9 @@ class Hospital:
         self._out_dir = out_dir
         self._clock = clock
         self._answered: set[int] = set()
+        self._masks = masks
+        self._trained: _Trained | None = None
+        self._masked: tuple[int, int] = (0, 0)  # the (round, attempt) last uploaded
         self.final_weights: np.ndarray | None = None
         self.error: HeflError | None = None  # set when the final model could not be kept
         self.final_metrics: Metrics | None = None
@@ -117,6 +139,8 @@ class Hospital:
             return
         if isinstance(message, RoundStarted):
             self._on_round(message)
+        elif isinstance(message, ParticipantsFixed):
+            self._on_participants(message)
         elif isinstance(message, RunFinished):
             self._on_finished(message)
         elif isinstance(message, RunAborted) and self.final_weights is None:
@@ -166,15 +190,56 @@ class Hospital:
         try:
             reply = self._train_and_upload(msg)
         except HeflError as exc:
-            self._log("round_failed", level=logging.ERROR, round=msg.round, error=exc)
-            failed = UpdateFailed(
-                run=self.run, round=msg.round, hospital=self.hospital, error=str(exc)[:500]
-            )
-            self._transport.publish(SUBMIT, self._codec.encode(failed))
+            self._report_failure(msg.round, exc)
             return
         self._answered.add(msg.round)
         self._transport.publish(SUBMIT, reply)
-        self._log("update_submitted", round=msg.round, seconds=time.perf_counter() - started)
+        event = "update_ready" if self._masks else "update_submitted"
+        self._log(event, round=msg.round, seconds=time.perf_counter() - started)
+
+    def _on_participants(self, msg: ParticipantsFixed) -> None:
+        """Mask the trained update for this participant set, encrypt and upload it."""
+        if (msg.round, msg.attempt) <= self._masked or self._masks is None:
+            return  # done already (a re-announcement), or not a masked run
+        trained = self._trained if self._trained and self._trained.round == msg.round else None
+        if self.hospital not in msg.participants:
+            if trained is not None:
+                self._log("left_out", round=msg.round, attempt=msg.attempt)
+            return
+        if self._clock() > msg.deadline:
+            self._log("participants_skipped", round=msg.round, reason="deadline passed")
+            return
+        self._masked = (msg.round, msg.attempt)
+        try:
+            if trained is None:
+                raise TrainingError(
+                    f"named a participant of round {msg.round} without a trained update "
+                    "(restarted after training)"
+                )
+            cohort = Cohort(
+                run=self.run, round=msg.round, attempt=msg.attempt, participants=msg.participants
+            )
+            started = time.perf_counter()
+            mask = self._masks.for_cohort(cohort)
+            reply = self._upload(msg.round, trained.payload, trained.metrics, mask, msg.attempt)
+        except HeflError as exc:
+            self._report_failure(msg.round, exc)
+            return
+        self._transport.publish(SUBMIT, reply)
+        self._log(
+            "update_submitted",
+            round=msg.round,
+            attempt=msg.attempt,
+            participants=len(msg.participants),
+            seconds=time.perf_counter() - started,
+        )
+
+    def _report_failure(self, round_: int, exc: HeflError) -> None:
+        self._log("round_failed", level=logging.ERROR, round=round_, error=exc)
+        failed = UpdateFailed(
+            run=self.run, round=round_, hospital=self.hospital, error=str(exc)[:500]
+        )
+        self._transport.publish(SUBMIT, self._codec.encode(failed))
 
     def _train_and_upload(self, msg: RoundStarted) -> bytes:
         if msg.config_digest != self._config_digest:
@@ -188,23 +253,41 @@ class Hospital:
         fit = self._trainer.fit(
             weights, d.x_train, d.y_train, seed=training_seed(self._seed, msg.round, self.hospital)
         )
-        binding = Binding(run=self.run, round=msg.round, sender=self.hospital)
-        blob = self._cipher.encrypt(weighted_payload(fit.weights, fit.n), binding=binding)
-        key = layout.update_key(self.run, msg.round, self.hospital)
-        self._store.put(key, blob)
+        payload = weighted_payload(fit.weights, fit.n)
         metrics = {
             "auc": held_out.auc,
             "accuracy": held_out.accuracy,
             "loss": held_out.loss,
             "train_loss": fit.loss,
         }
+        if self._masks is not None:
+            self._trained = _Trained(msg.round, payload, metrics)
+            return self._codec.encode(
+                UpdateReady(run=self.run, round=msg.round, hospital=self.hospital)
+            )
+        return self._upload(msg.round, payload, metrics, None, 0)
+
+    def _upload(
+        self,
+        round_: int,
+        payload: np.ndarray,
+        metrics: dict[str, float],
+        mask: Masker | None,
+        attempt: int,
+    ) -> bytes:
+        """Encrypt (and mask) ``payload``, put it in the store; the signed message naming it."""
+        binding = Binding(run=self.run, round=round_, sender=self.hospital)
+        blob = self._cipher.encrypt(payload, binding=binding, mask=mask)
+        key = layout.update_key(self.run, round_, self.hospital)
+        self._store.put(key, blob)
         return self._codec.encode(
             UpdateSubmitted(
                 run=self.run,
-                round=msg.round,
+                round=round_,
                 hospital=self.hospital,
                 blob_ref=key,
                 sha256=sha256_hex(blob),
+                attempt=attempt,
                 metrics=metrics,
             )
         )

@@ -13,7 +13,9 @@ import numpy as np
 
 from common.crypto.blob import UNBOUND, Binding
 from common.crypto.encoding import blocks, check_sum, checked_values
+from common.crypto.masking import Masker
 from common.crypto.spec import BlobSpec
+from common.errors import ConfigError
 
 UPDATE = "update"
 AGGREGATE = "aggregate"
@@ -31,9 +33,15 @@ class Cipher(Protocol):
         ...
 
     def encrypt(
-        self, values: np.ndarray, *, kind: str = UPDATE, binding: Binding = UNBOUND
+        self,
+        values: np.ndarray,
+        *,
+        kind: str = UPDATE,
+        binding: Binding = UNBOUND,
+        mask: Masker | None = None,
     ) -> bytes:
-        """Encrypt a 1-D float64 array into one blob bound to ``binding`` (run, round, sender)."""
+        """Encrypt a 1-D float64 array into one blob bound to ``binding`` (run, round, sender);
+        with ``mask``, each ciphertext carries its share of the cohort's pairwise masks."""
         ...
 
     def decrypt(self, blob: bytes) -> np.ndarray:
@@ -76,11 +84,18 @@ class BlockCipher:
         )
 
     def encrypt(
-        self, values: np.ndarray, *, kind: str = UPDATE, binding: Binding = UNBOUND
+        self,
+        values: np.ndarray,
+        *,
+        kind: str = UPDATE,
+        binding: Binding = UNBOUND,
+        mask: Masker | None = None,
     ) -> bytes:
         array = checked_values(values, self._value_bound)
         size = self._spec.values_per_chunk
         chunks = [self._encrypt_block(block) for block in blocks(array, size)]
+        if mask is not None:
+            chunks = self._mask_chunks(chunks, mask)
         return self._spec.encode(
             kind=kind, value_count=len(array), summands=1, chunks=chunks, binding=binding
         )
@@ -94,6 +109,11 @@ class BlockCipher:
 
     def _encrypt_block(self, block: np.ndarray) -> bytes:
         raise NotImplementedError
+
+    def _mask_chunks(self, chunks: list[bytes], mask: Masker) -> list[bytes]:
+        raise ConfigError(
+            f"pairwise masking needs an HE scheme; the {self.scheme} scheme cannot hide values"
+        )
 
     def _decrypt_block(self, chunk: bytes) -> np.ndarray:
         raise NotImplementedError

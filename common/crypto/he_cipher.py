@@ -10,6 +10,7 @@ from common.crypto.cipher import BlockCipher
 from common.crypto.config import BFV, CKKS
 from common.crypto.encoding import from_fixed, to_fixed
 from common.crypto.keys import HospitalBundle
+from common.crypto.masking import Masker
 from common.crypto.seal import SealSecret
 from common.crypto.spec import BlobSpec, he_spec
 from common.errors import KeyBundleError
@@ -48,6 +49,14 @@ class _HeCipher(BlockCipher):
             coeff_bytes=seal.coeff_bytes,
         )
         return cls(seal, spec)
+
+    def _mask_chunks(self, chunks: list[bytes], mask: Masker) -> list[bytes]:
+        degree = self._seal.config.poly_modulus_degree
+        words = mask.words(len(chunks) * degree, self._seal.modulus)
+        return [
+            self._seal.mask_chunk(chunk, words[i * degree : (i + 1) * degree])
+            for i, chunk in enumerate(chunks)
+        ]
 
 
 class CkksCipher(_HeCipher):

@@ -21,6 +21,7 @@ from Pyfhel import PyCtxt, Pyfhel
 
 from common.crypto import seal_layout
 from common.crypto.config import BFV, CKKS, SECURITY_LEVEL, HEConfig
+from common.crypto.masking import add_mod
 from common.errors import BlobError, ConfigError, CryptoError, HeflError, KeyBundleError
 
 _COMPRESSION = "none"  # this Pyfhel build has neither zlib nor zstd
@@ -146,6 +147,23 @@ class SealPublic:
         """``target += other``; ``other`` is left as it was."""
         with _foreign(CryptoError, "ciphertext addition failed"):
             self._he.add(target._ctxt, other._ctxt, in_new_ctxt=False)
+
+    @property
+    def modulus(self) -> int:
+        """The prime a chunk's coefficients are reduced by (the last level's)."""
+        return self._moduli[0]
+
+    def mask_chunk(self, chunk: bytes, mask: np.ndarray) -> bytes:
+        """Add ``mask`` (``poly_modulus_degree`` residues) to the chunk's first polynomial,
+        modulo its prime; the second polynomial is unchanged (``common.crypto.masking``)."""
+        degree = self.config.poly_modulus_degree
+        if mask.shape != (degree,):
+            raise CryptoError(f"a chunk's mask holds {degree} residues, got {mask.shape}")
+        coeffs = seal_layout.expand(
+            chunk, width=self.coeff_bytes, degree=degree, moduli=self._moduli
+        ).copy()
+        coeffs[:degree] = add_mod(coeffs[:degree], mask, self._moduli[0])
+        return seal_layout.compact(coeffs, self.coeff_bytes)
 
     def dump_chunk(self, ciphertext: Ciphertext) -> bytes:
         """Serialize with only the non-zero coefficient bytes."""

@@ -76,14 +76,39 @@ class RoundStarted:
 
 @with_config(_WIRE)
 @dataclass(frozen=True, kw_only=True)
+class UpdateReady:
+    """A hospital of a masked run trained its update and waits for the round's participants."""
+
+    run: Name
+    round: Count
+    hospital: Name
+
+
+@with_config(_WIRE)
+@dataclass(frozen=True, kw_only=True)
+class ParticipantsFixed:
+    """The coordinator fixes who masks with whom in this attempt of a round; they upload by
+    ``deadline``. A later attempt (after a dropout) names the survivors, who mask afresh."""
+
+    run: Name
+    round: Count
+    attempt: Count
+    participants: tuple[Name, ...]
+    deadline: Seconds
+
+
+@with_config(_WIRE)
+@dataclass(frozen=True, kw_only=True)
 class UpdateSubmitted:
-    """A hospital uploaded its encrypted weighted model; metrics are of the model it received."""
+    """A hospital uploaded its encrypted weighted model; metrics are of the model it received.
+    ``attempt`` names the participant set it masked for (0: an unmasked run)."""
 
     run: Name
     round: Count
     hospital: Name
     blob_ref: Name
     sha256: Name
+    attempt: Count = 0
     metrics: Metrics = field(default_factory=dict)
 
 
@@ -130,11 +155,21 @@ class FinalReport:
 
 
 Message = (
-    Hello | RoundStarted | UpdateSubmitted | UpdateFailed | RunFinished | RunAborted | FinalReport
+    Hello
+    | RoundStarted
+    | UpdateReady
+    | ParticipantsFixed
+    | UpdateSubmitted
+    | UpdateFailed
+    | RunFinished
+    | RunAborted
+    | FinalReport
 )
 MESSAGE_TYPES: Final[tuple[type[Message], ...]] = (
     Hello,
     RoundStarted,
+    UpdateReady,
+    ParticipantsFixed,
     UpdateSubmitted,
     UpdateFailed,
     RunFinished,

@@ -1,8 +1,9 @@
 """What every participant of a run must agree on, computed the same way in every deployment.
 
 The coordinator announces a digest of the run's configuration; a hospital whose model, HE
-parameters, feature layout, seed or round count differ refuses to train rather than poison the
-average. The embedded simulation and the process commands compute it with this one function.
+parameters, feature layout, seed, round count or masking differ refuses to train rather than
+poison the average. The embedded simulation and the process commands compute it with this one
+function.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ def run_config_digest(
     n_features: int,
     seed: int,
     rounds: int,
+    masking: bool,
 ) -> str:
     material = {
+        "masking": masking,
         "model": model.to_dict(),
         "he": he.to_dict(),
         "layout": layout_digest,

@@ -1,12 +1,15 @@
 """Signed messages: Ed25519 identities, the trust file, and the signed envelope.
 
 The key ceremony issues one signing key per participant (the coordinator and every hospital) and
-one public ``trust.json`` naming each participant's verification key and role. Every control
-message travels in an envelope ``{"signer", "body", "sig"}``; ``MessageCodec.decode`` accepts it
-only if the signer is known, the signature over the exact body bytes is valid, and the signer is
-the party the message speaks for (a hospital signs only its own submissions, only the coordinator
-announces rounds). Replays are caught by the round state: a submission for a closed round is
-late, the same submission twice changes nothing.
+one public ``trust.json`` naming each participant's verification key and role. A hospital's
+identity file also holds its X25519 masking key (a second PEM block), whose public half is in
+``trust.json`` too: hospitals agree pairwise masks with it (``common.crypto.masking``).
+
+Every control message travels in an envelope ``{"signer", "body", "sig"}``;
+``MessageCodec.decode`` accepts it only if the signer is known, the signature over the exact body
+bytes is valid, and the signer is the party the message speaks for (a hospital signs only its own
+submissions, only the coordinator announces rounds). Replays are caught by the round state: a
+submission for a closed round is late, the same submission twice changes nothing.
 """
 
 from __future__ import annotations
@@ -15,14 +18,17 @@ import base64
 import binascii
 import json
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Literal
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
+from common.crypto.masking import PairwiseMasks
 from common.errors import KeyBundleError, ProtocolError
 from common.protocol.messages import MAX_MESSAGE_BYTES, Message, decode, encode
 
@@ -40,10 +46,11 @@ class SignatureError(ProtocolError):
 
 @dataclass(frozen=True, eq=False)
 class Identity:
-    """One participant's name and private signing key."""
+    """One participant's name, private signing key and (a hospital's) masking key."""
 
     name: str
     key: Ed25519PrivateKey
+    masking: X25519PrivateKey | None = None
 
     def __repr__(self) -> str:
         return f"Identity({self.name!r})"
@@ -54,6 +61,7 @@ class Trust:
     """Every participant's verification key and role (public)."""
 
     keys: dict[str, tuple[Role, Ed25519PublicKey]]
+    masking: dict[str, X25519PublicKey] = field(default_factory=dict)
 
     def role_of(self, name: str) -> Role | None:
         entry = self.keys.get(name)
@@ -64,7 +72,7 @@ class Trust:
         return tuple(sorted(n for n, (role, _) in self.keys.items() if role == "hospital"))
 
 
-def _raw(public: Ed25519PublicKey) -> str:
+def _raw(public: Ed25519PublicKey | X25519PublicKey) -> str:
     raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return base64.b64encode(raw).decode()
 
@@ -74,12 +82,24 @@ def generate_identities(hospitals: list[str]) -> tuple[dict[str, Identity], Trus
     names = [COORDINATOR, *hospitals]
     if len(set(names)) != len(names):
         raise KeyBundleError(f"participant names must be distinct: {names}")
-    identities = {name: Identity(name=name, key=Ed25519PrivateKey.generate()) for name in names}
+    identities = {
+        name: Identity(
+            name=name,
+            key=Ed25519PrivateKey.generate(),
+            masking=None if name == COORDINATOR else X25519PrivateKey.generate(),
+        )
+        for name in names
+    }
     trust = Trust(
         keys={
             name: ("coordinator" if name == COORDINATOR else "hospital", ident.key.public_key())
             for name, ident in identities.items()
-        }
+        },
+        masking={
+            name: ident.masking.public_key()
+            for name, ident in identities.items()
+            if ident.masking is not None
+        },
     )
     return identities, trust
 
@@ -90,10 +110,14 @@ def issue_identities(directory: Path, hospitals: list[str]) -> Trust:
     identities, trust = generate_identities(hospitals)
     directory.mkdir(parents=True, exist_ok=True)
     for name, identity in identities.items():
-        pem = identity.key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
+        pem = b"".join(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+            for key in (identity.key, identity.masking)
+            if key is not None
         )
         folder = directory / name
         folder.mkdir(mode=0o700, exist_ok=True)
@@ -102,20 +126,37 @@ def issue_identities(directory: Path, hospitals: list[str]) -> Trust:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as handle:
             handle.write(pem)
-    body = {name: {"role": role, "ed25519": _raw(pub)} for name, (role, pub) in trust.keys.items()}
+    body: dict[str, dict[str, str]] = {
+        name: {"role": role, "ed25519": _raw(pub)} for name, (role, pub) in trust.keys.items()
+    }
+    for name, public in trust.masking.items():
+        body[name]["x25519"] = _raw(public)
     (directory / TRUST_FILE).write_text(json.dumps({"participants": body}, indent=1) + "\n")
     return trust
 
 
+_PEM_BLOCK: Final = re.compile(rb"-----BEGIN ([A-Z ]+)-----.+?-----END \1-----\s*", re.S)
+
+
 def load_identity(path: Path, name: str) -> Identity:
-    """Read a participant's signing key (the file written by ``issue_identities``)."""
+    """Read a participant's keys (the file written by ``issue_identities``): one Ed25519 signing
+    key and, for a hospital, one X25519 masking key."""
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        data = path.read_bytes()
+        keys = [
+            serialization.load_pem_private_key(block.group(0), password=None)
+            for block in _PEM_BLOCK.finditer(data)
+        ]
     except (OSError, ValueError, TypeError) as exc:
         raise KeyBundleError(f"{path}: cannot read the signing key of {name}: {exc}") from exc
-    if not isinstance(key, Ed25519PrivateKey):
-        raise KeyBundleError(f"{path}: not an Ed25519 signing key")
-    return Identity(name=name, key=key)
+    signing = [key for key in keys if isinstance(key, Ed25519PrivateKey)]
+    masking = [key for key in keys if isinstance(key, X25519PrivateKey)]
+    if len(signing) != 1 or len(masking) > 1 or len(keys) != len(signing) + len(masking):
+        raise KeyBundleError(
+            f"{path}: expected one Ed25519 signing key and at most one X25519 masking key, "
+            f"found {len(keys)} keys ({len(signing)} Ed25519, {len(masking)} X25519)"
+        )
+    return Identity(name=name, key=signing[0], masking=masking[0] if masking else None)
 
 
 def load_trust(path: Path) -> Trust:
@@ -124,17 +165,21 @@ def load_trust(path: Path) -> Trust:
         data = json.loads(path.read_text())
         participants = data["participants"]
         keys: dict[str, tuple[Role, Ed25519PublicKey]] = {}
+        masking: dict[str, X25519PublicKey] = {}
         for name, entry in participants.items():
             role = entry["role"]
             if role not in ("coordinator", "hospital"):
                 raise ValueError(f"{name}: unknown role {role!r}")
             raw = base64.b64decode(entry["ed25519"], validate=True)
             keys[name] = (role, Ed25519PublicKey.from_public_bytes(raw))
+            if "x25519" in entry:
+                raw = base64.b64decode(entry["x25519"], validate=True)
+                masking[name] = X25519PublicKey.from_public_bytes(raw)
     except (OSError, ValueError, KeyError, TypeError, AttributeError, binascii.Error) as exc:
         raise KeyBundleError(f"{path}: cannot read the trust file: {exc}") from exc
     if keys.get(COORDINATOR, ("", None))[0] != "coordinator":
         raise KeyBundleError(f"{path}: the trust file names no coordinator")
-    return Trust(keys=keys)
+    return Trust(keys=keys, masking=masking)
 
 
 def _speaker(message: Message) -> tuple[str, Role]:
@@ -174,8 +219,24 @@ class MessageCodec:
         )
         if expected != mine:
             raise KeyBundleError(f"the signing key of {identity.name} does not match trust.json")
+        if identity.masking is not None:
+            public = trust.masking.get(identity.name)
+            if public is None or _raw(public) != _raw(identity.masking.public_key()):
+                raise KeyBundleError(
+                    f"the masking key of {identity.name} does not match trust.json"
+                )
         self.identity = identity
         self.trust = trust
+
+    def pairwise_masks(self) -> PairwiseMasks:
+        """This hospital's masking key with every peer's public masking key."""
+        if self.identity.masking is None:
+            raise KeyBundleError(
+                f"the identity of {self.identity.name} holds no masking key (issued before "
+                "masking existed): re-issue the identities with hefl keygen, or run with "
+                "--no-masking"
+            )
+        return PairwiseMasks(self.identity.name, self.identity.masking, self.trust.masking)
 
     def encode(self, message: Message) -> bytes:
         return self.wrap(encode(message))

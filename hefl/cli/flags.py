@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from common.crypto.config import DEFAULT_MAX_HOSPITALS
+from common.crypto.masking import DEFAULT_MASK_TIMEOUT
 from common.data.partition import DEFAULT_ALPHA, DEFAULT_TEST_FRACTION
 from common.data.sources import DEFAULT_DATASET
 from common.fedavg import DEFAULT_SANITY
@@ -144,6 +145,19 @@ FLAGS: Final[Mapping[str, Flag]] = {
             help="seconds a round stays open",
             type=positive_float,
             default=600.0,
+        ),
+        Flag(
+            name="no_masking",
+            help="upload updates encrypted but without pairwise masks (for comparison): then a "
+            "hospital holding the HE secret key can decrypt another's update from the store",
+            switch=True,
+        ),
+        Flag(
+            name="mask_timeout",
+            help="seconds the participants fixed for a masked round have to upload; a missing "
+            f"one is dropped and the others mask afresh (default: {DEFAULT_MASK_TIMEOUT:g}, or "
+            "--round-timeout if shorter)",
+            type=positive_float,
         ),
         Flag(
             name="max_rows",

@@ -60,6 +60,7 @@ def simulate(options: SimulateOptions) -> int:
         he=_he_config(options.scheme, options.max_hospitals),
         out=options.out,
         store=options.store,
+        masking=not options.no_masking,
     )
     emit = _printer()
     if options.engine == "tff":

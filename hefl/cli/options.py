@@ -67,6 +67,7 @@ class RunOptions(ModelOptions):
     broker_ca: Path | None
     broker_password_file: Path | None
     prefix: str
+    no_masking: bool
 
 
 # -- the subcommands' options --------------------------------------------------------------------
@@ -81,6 +82,7 @@ class SimulateOptions(SplitOptions, ModelOptions):
     min_hospitals: int | None
     engine: str
     no_baselines: bool
+    no_masking: bool
     store: str | None
     out: Path
 
@@ -120,6 +122,7 @@ class CoordinatorOptions(RunOptions):
     expect_hospitals: int | None
     round_timeout: float
     final_timeout: float
+    mask_timeout: float | None
     state_dir: Path
     keep_updates: bool
 

@@ -23,6 +23,7 @@ def _run_settings(options: RunOptions, identity: str, test_fraction: float | Non
         seed=options.seed,
         schema=options.schema,
         model=options.model(),
+        masking=not options.no_masking,
         **extra,
     )
     ca = {} if options.broker_ca is None else {"broker_ca": _readable(options.broker_ca)}
@@ -66,6 +67,7 @@ def coordinator(options: CoordinatorOptions) -> int:
         expect_hospitals=options.expect_hospitals,
         round_timeout=options.round_timeout,
         final_timeout=options.final_timeout,
+        mask_timeout=options.mask_timeout,
         state_dir=options.state_dir,
         keep_updates=options.keep_updates,
     )

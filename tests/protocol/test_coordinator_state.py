@@ -701,11 +701,12 @@ WRITTEN_STATE = b"""{
  "deadline": 1063.0, "error": null, "failed": ["h3"],
  "final_reports": [["h1", {"auc": NaN, "loss": 0.4}]],
  "history": [{"accepted": ["h1", "h2", "h3"], "aggregate_ref": "agg-1",
-              "aggregate_sha256": "sha-1", "bytes_uploaded": 30, "failed": [],
+              "aggregate_sha256": "sha-1", "attempts": 1, "bytes_uploaded": 30, "failed": [],
               "hospital_metrics": {"h1": {"auc": 0.5}}, "model_metrics": null, "round": 1,
               "seconds": 3.0, "train_loss": 0.5}],
  "joined": [], "phase": "round", "rejected": {"late": 1}, "roster": ["h1", "h2", "h3"],
- "round": 2, "run": "run-1", "started_at": 1003
+ "round": 2, "run": "run-1", "started_at": 1003,
+ "ready": [], "participants": [], "attempt": 0, "mask_deadline": 0.0
 }"""
 
 

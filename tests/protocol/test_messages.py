@@ -17,10 +17,12 @@ from common.protocol.messages import (
     FinalReport,
     Hello,
     Message,
+    ParticipantsFixed,
     RoundStarted,
     RunAborted,
     RunFinished,
     UpdateFailed,
+    UpdateReady,
     UpdateSubmitted,
     decode,
     encode,
@@ -68,6 +70,11 @@ EXAMPLES: list[Message] = [
     FinalReport(run="run-1", hospital="h1", metrics={"auc": 0.5, "accuracy": 1.0, "loss": 2.0}),
     FinalReport(run="run-1", hospital="h1"),
     RunAborted(run="run-1", reason="round 2: only 1 of 3 required hospitals submitted"),
+    UpdateReady(run="run-1", round=2, hospital="h2"),
+    ParticipantsFixed(
+        run="run-1", round=2, attempt=2, participants=("h1", "h2", "h4"), deadline=1e9
+    ),
+    UpdateSubmitted(run="run-1", round=2, hospital="h4", blob_ref="b", sha256=SHA, attempt=2),
 ]
 
 MESSAGE_TYPES = {type(m) for m in EXAMPLES}
