@@ -325,16 +325,18 @@ def fix_participants(plan: RunPlan, state: RunState, now: float) -> RunState:
 def refix_participants(plan: RunPlan, state: RunState, now: float) -> RunState:
     """After a dropout: the participants that uploaded mask afresh among themselves (their
     uploads of the failed attempt hold masks of the missing ones and are dropped); the rest
-    count as failed for this round."""
+    count as failed for this round, and the silent ones leave the roster until they speak."""
     survivors = tuple(sorted(state.accepted_hospitals))
-    dropped = tuple(h for h in state.participants if h not in survivors and h not in state.failed)
+    silent = tuple(h for h in state.participants if h not in survivors and h not in state.failed)
     return replace(
         state,
         participants=survivors,
         attempt=state.attempt + 1,
         mask_deadline=now + plan.mask_timeout,
         accepted=(),
-        failed=(*state.failed, *dropped),
+        failed=(*state.failed, *silent),
+        roster=tuple(h for h in state.roster if h not in silent),
+        joined=tuple(h for h in state.joined if h not in silent),
     )
 
 

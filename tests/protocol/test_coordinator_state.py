@@ -23,10 +23,13 @@ from coordinator.state import (
     fail_run,
     final_decision,
     finish_run,
+    fix_participants,
     from_json,
     judge_blob,
+    judge_ready,
     judge_submission,
     new_run,
+    refix_participants,
     round_decision,
     to_json,
     with_accepted,
@@ -34,6 +37,7 @@ from coordinator.state import (
     with_final_report,
     with_hello,
     with_member,
+    with_ready,
     with_rejection,
 )
 
@@ -746,3 +750,77 @@ def test_from_json_names_the_bad_field_by_its_path(old: bytes, new: bytes, fragm
     text = str(info.value)
     assert text.startswith("persisted coordinator state: ") and fragment in text, text
     assert "\n" not in text
+
+
+# -- masked rounds: readiness, the fixed participant set, re-fixing after a dropout -------------
+
+MASK_TIMEOUT = 20.0
+
+
+def masked_plan(**overrides: Any) -> RunPlan:
+    return make_plan(**{"masking": True, "mask_timeout": MASK_TIMEOUT, **overrides})
+
+
+def ready(state: RunState, *hospitals: str) -> RunState:
+    for hospital in hospitals:
+        state = with_ready(state, hospital)
+    return state
+
+
+def test_the_set_is_fixed_once_the_roster_is_ready_or_at_the_deadline() -> None:
+    plan = masked_plan()
+    state = ready(new_run(plan, T0), "h1", "h2", "h3")
+    assert round_decision(plan, state, T0 + 1) == "wait"  # round 1 waits for all four
+    assert round_decision(plan, ready(state, "h4"), T0 + 1) == "fix"
+    assert round_decision(plan, state, T0 + ROUND_TIMEOUT) == "fix"  # quorum at the deadline
+    thin = ready(new_run(plan, T0), "h1", "h2")
+    assert round_decision(plan, thin, T0 + ROUND_TIMEOUT) == "fail"
+    fixed = fix_participants(plan, ready(state, "h4"), T0 + 5)
+    assert (fixed.participants, fixed.attempt) == (("h1", "h2", "h3", "h4"), 1)
+    assert fixed.mask_deadline == T0 + 5 + MASK_TIMEOUT
+
+
+def test_readiness_and_updates_are_judged_against_the_fixed_set() -> None:
+    plan = masked_plan()
+    state = ready(new_run(plan, T0), "h1", "h2", "h3")
+    assert judge_ready(plan, state, "run-1", 1, "h1") == "duplicate"
+    assert judge_ready(make_plan(), new_run(make_plan(), T0), "run-1", 1, "h1") == "unmasked-run"
+    assert judge_submission(plan, state, "run-1", 1, "h1", 1) == "other-attempt"  # not fixed
+    fixed = fix_participants(plan, state, T0 + 1)
+    assert judge_ready(plan, fixed, "run-1", 1, "h4") == "late"
+    assert judge_submission(plan, fixed, "run-1", 1, "h1", 1) == ""
+    assert judge_submission(plan, fixed, "run-1", 1, "h1", 2) == "other-attempt"
+    assert judge_submission(plan, fixed, "run-1", 1, "h4", 1) == "not-a-participant"
+    assert judge_submission(make_plan(), fixed, "run-1", 1, "h1", 1) == "other-attempt"
+
+
+def test_a_dropout_re_fixes_the_set_with_those_that_uploaded() -> None:
+    plan = masked_plan()
+    state = fix_participants(plan, ready(new_run(plan, T0), "h1", "h2", "h3", "h4"), T0)
+    state = with_quorum(state)  # h1..h3 uploaded, h4 did not
+    assert round_decision(plan, state, T0 + MASK_TIMEOUT - 1) == "wait"
+    assert round_decision(plan, state, T0 + MASK_TIMEOUT) == "refix"
+    again = refix_participants(plan, state, T0 + MASK_TIMEOUT)
+    assert (again.participants, again.attempt, again.accepted) == (("h1", "h2", "h3"), 2, ())
+    assert again.failed == ("h4",) and "h4" not in again.roster
+    assert round_decision(plan, again, T0 + MASK_TIMEOUT + 1) == "wait"
+    assert round_decision(plan, with_quorum(again), T0 + MASK_TIMEOUT + 1) == "close"
+    closed = close(plan, with_quorum(again), T0 + 30)
+    assert closed.history[-1].attempts == 2 and closed.history[-1].failed == ("h4",)
+    assert (closed.ready, closed.participants, closed.attempt) == ((), (), 0)
+
+
+def test_a_reported_failure_re_fixes_at_once_and_too_few_uploads_fail_the_run() -> None:
+    plan = masked_plan()
+    state = fix_participants(plan, ready(new_run(plan, T0), "h1", "h2", "h3", "h4"), T0)
+    state = with_failed(with_quorum(state), "h4")
+    assert round_decision(plan, state, T0 + 1) == "refix"
+    fixed = fix_participants(plan, ready(new_run(plan, T0), "h1", "h2", "h3", "h4"), T0)
+    two = with_accepted(with_accepted(fixed, accepted("h1")), accepted("h2"))
+    assert round_decision(plan, two, T0 + 1) == "wait"
+    assert round_decision(plan, two, T0 + MASK_TIMEOUT) == "fail"  # 2 uploads, quorum 3
+
+
+def test_a_masked_plan_checks_its_mask_timeout() -> None:
+    with pytest.raises(ConfigError, match="mask_timeout"):
+        masked_plan(mask_timeout=0.0)

@@ -90,8 +90,9 @@ class Cluster:
         cipher=None,
         out_dir: Path | None = None,
         hello: bool = False,
+        kind: type[Hospital] = Hospital,
     ) -> None:
-        hospital = Hospital(
+        hospital = kind(
             name,
             run=self.plan.run,
             data=DATA[name],
@@ -105,11 +106,12 @@ class Cluster:
             config_digest=DIGEST,
             out_dir=out_dir,
             clock=self.clock,
+            masks=codec(name).pairwise_masks() if self.plan.masking else None,
         )
         hospital.start(hello=hello)
         self.hospitals[name] = hospital
 
-    def start_coordinator(self, aggregator=None) -> Coordinator:
+    def start_coordinator(self, aggregator=None, **options) -> Coordinator:
         self.coordinator = Coordinator(
             self.plan,
             transport=self.transport,
@@ -118,6 +120,7 @@ class Cluster:
             aggregator=aggregator or plain_aggregator(),
             codec=codec("coordinator"),
             clock=self.clock,
+            **options,
         )
         self.coordinator.start()
         return self.coordinator

@@ -1,0 +1,266 @@
+"""Masked rounds end to end over the in-memory transport, with real CKKS and real Keras training.
+
+The participant set is fixed and signed by the coordinator before anyone masks; a dropout after
+that costs one re-mask of the survivors' already trained updates, never the round; a hospital
+with the secret key and a copy of the store reads noise from another's upload, while the run
+still reproduces plaintext FedAvg.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from common.crypto import Cipher, HEConfig, open_aggregator, open_cipher, run_key_ceremony
+from common.crypto.aggregator import Aggregator
+from common.errors import BlobError, ValueRangeError
+from common.protocol import layout
+from common.protocol.messages import ParticipantsFixed, UpdateFailed, UpdateSubmitted
+from common.store import InMemoryStore
+from common.transport import ANNOUNCE
+from hospital_node.service import Hospital
+from tests.protocol.test_round_protocol import FOUR, Cluster, codec, make_plan, reference_fedavg
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("ckks")
+    run_key_ceremony(HEConfig(), root / "hospital", root / "coordinator")
+    return root
+
+
+class RecordingCipher:
+    """A hospital's real cipher that remembers what it was asked to encrypt (the truth the
+    curious hospital tries to recover)."""
+
+    def __init__(self, cipher: Cipher) -> None:
+        self._cipher = cipher
+        self.encrypted: list[np.ndarray] = []
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self._cipher, name)
+
+    def encrypt(self, values: np.ndarray, **options: object) -> bytes:
+        self.encrypted.append(np.array(values, dtype=np.float64))
+        return self._cipher.encrypt(values, **options)  # type: ignore[arg-type]
+
+
+class CopyingStore(InMemoryStore):
+    """A store whose provider (or a curious hospital's backup) keeps a copy of every blob."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.copies: dict[str, list[bytes]] = {}
+
+    def put(self, key: str, data: bytes) -> None:
+        self.copies.setdefault(key, []).append(bytes(data))
+        super().put(key, data)
+
+
+class GoneAfterReady(Hospital):
+    """Trains and says it is ready, then is killed: it never answers the participant set, nor
+    anything after it."""
+
+    fixed_seen: ParticipantsFixed | None = None
+
+    def handle(self, body: bytes) -> None:
+        if self.fixed_seen is None:
+            super().handle(body)
+
+    def _on_participants(self, msg: ParticipantsFixed) -> None:
+        self.fixed_seen = msg
+
+
+def masked_cluster(keys: Path, store: InMemoryStore | None = None, **plan: object) -> Cluster:
+    values = {"hospitals": FOUR, "rounds": 2, "masking": True, "mask_timeout": 30.0, **plan}
+    return Cluster(store=store or InMemoryStore(), plan=make_plan(**values))
+
+
+def add_all(cluster: Cluster, keys: Path, **kinds: type[Hospital]) -> None:
+    for name in cluster.plan.hospitals:
+        cipher = RecordingCipher(open_cipher(keys / "hospital"))
+        cluster.add_hospital(name, cipher=cipher, kind=kinds.get(name, Hospital))
+
+
+def test_a_masked_run_reproduces_plaintext_fedavg(keys: Path) -> None:
+    cluster = masked_cluster(keys)
+    add_all(cluster, keys)
+    cluster.start_coordinator(open_aggregator(keys / "coordinator"))
+    coordinator = cluster.run_to_end()
+    assert coordinator.state.phase == "done", coordinator.state.error
+    assert [r.attempts for r in coordinator.state.history] == [1, 1]
+    assert [r.accepted for r in coordinator.state.history] == [FOUR, FOUR]
+    assert coordinator.state.rejected == {}
+    expected = reference_fedavg(FOUR, 2)
+    for hospital in cluster.hospitals.values():
+        np.testing.assert_allclose(hospital.final_weights, expected, atol=1e-6)
+
+
+def test_a_dropout_after_the_set_is_fixed_costs_a_remask_not_the_round(keys: Path) -> None:
+    cluster = masked_cluster(keys)
+    add_all(cluster, keys, h4=GoneAfterReady)
+    coordinator = cluster.start_coordinator(open_aggregator(keys / "coordinator"))
+    cluster.transport.deliver_all()
+    # Everyone was ready, so the set holds all four; h4 is gone, the other three uploaded.
+    assert coordinator.state.participants == FOUR and coordinator.state.attempt == 1
+    assert set(coordinator.state.accepted_hospitals) == {"h1", "h2", "h3"}
+    gone = cluster.hospitals["h4"]
+    assert isinstance(gone, GoneAfterReady) and gone.fixed_seen is not None
+    assert gone.fixed_seen.participants == FOUR
+    trained = {n: len(h._cipher.encrypted) for n, h in cluster.hospitals.items()}  # type: ignore[attr-defined]
+    cluster.now[0] += 31.0  # the mask deadline passes
+    coordinator.tick()
+    assert coordinator.state.attempt == 2 and coordinator.state.participants == ("h1", "h2", "h3")
+    cluster.run_to_end()
+    assert coordinator.state.phase == "done", coordinator.state.error
+    first = coordinator.state.history[0]
+    assert (first.attempts, first.accepted, first.failed) == (2, ("h1", "h2", "h3"), ("h4",))
+    # The survivors re-masked their trained update: one more encryption each, no retraining.
+    for name in ("h1", "h2", "h3"):
+        upload = cluster.hospitals[name]._cipher.encrypted  # type: ignore[attr-defined]
+        assert len(upload) == trained[name] + 2  # round 1 again, then round 2
+        np.testing.assert_array_equal(upload[trained[name]], upload[trained[name] - 1])
+    expected = reference_fedavg(("h1", "h2", "h3"), 2)
+    np.testing.assert_allclose(cluster.hospitals["h1"].final_weights, expected, atol=1e-6)
+
+
+def test_a_participant_that_reports_failure_is_dropped_at_once(keys: Path) -> None:
+    class FailsToMask(Hospital):
+        def _on_participants(self, msg: ParticipantsFixed) -> None:
+            self._report_failure(msg.round, ValueRangeError("simulated: out of memory"))
+
+    cluster = masked_cluster(keys, rounds=1)
+    add_all(cluster, keys, h2=FailsToMask)
+    coordinator = cluster.start_coordinator(open_aggregator(keys / "coordinator"))
+    cluster.run_to_end()  # the clock never moves: no deadline is needed
+    assert coordinator.state.phase == "done", coordinator.state.error
+    record = coordinator.state.history[0]
+    assert (record.attempts, record.accepted) == (2, ("h1", "h3", "h4"))
+
+
+def test_without_a_quorum_of_uploads_the_run_fails_with_the_reason(keys: Path) -> None:
+    cluster = masked_cluster(keys, rounds=1, min_hospitals=4)
+    add_all(cluster, keys, h4=GoneAfterReady)
+    coordinator = cluster.start_coordinator(open_aggregator(keys / "coordinator"))
+    cluster.transport.deliver_all()
+    cluster.now[0] += 31.0
+    coordinator.tick()
+    cluster.transport.deliver_all()
+    assert coordinator.state.phase == "failed"
+    assert "only 3 of 4 required hospitals submitted" in (coordinator.state.error or "")
+
+
+def test_a_restarted_coordinator_resumes_a_fixed_set(keys: Path) -> None:
+    store, state_store = InMemoryStore(), InMemoryStore()
+    first = masked_cluster(keys, store)
+    first.state_store = state_store
+    add_all(first, keys)
+    coordinator = first.start_coordinator(open_aggregator(keys / "coordinator"))
+    while not (coordinator.state.participants and len(coordinator.state.accepted) == 2):
+        assert first.transport.deliver_all(limit=1), "round 1 stalled"
+    # Coordinator and hospitals die; the hospitals lost their trained updates.
+    second = masked_cluster(keys, store)
+    second.state_store = state_store
+    add_all(second, keys)
+    resumed = second.start_coordinator(open_aggregator(keys / "coordinator"))
+    assert (resumed.state.attempt, len(resumed.state.accepted)) == (1, 2)
+    second.run_to_end()
+    assert resumed.state.phase == "done", resumed.state.error
+    np.testing.assert_allclose(
+        second.hospitals["h1"].final_weights, reference_fedavg(FOUR, 2), atol=1e-6
+    )
+
+
+def test_a_forged_participant_set_from_a_hospital_is_refused(keys: Path) -> None:
+    cluster = masked_cluster(keys, rounds=1)
+    add_all(cluster, keys)
+    coordinator = cluster.start_coordinator(open_aggregator(keys / "coordinator"))
+    # h4 signs a set without h1, hoping h2 and h3 mask for it alone with h4 (whose mask it
+    # knows): the codec accepts a ParticipantsFixed only from the coordinator.
+    forged = ParticipantsFixed(
+        run="run-1", round=1, attempt=9, participants=("h2", "h3", "h4"), deadline=1e12
+    )
+    cluster.transport.publish(ANNOUNCE, codec("h4").encode(forged))
+    cluster.run_to_end()
+    assert coordinator.state.phase == "done"
+    assert all(h.rejected.get("SignatureError") == 1 for h in cluster.hospitals.values())
+    assert coordinator.state.history[0].attempts == 1
+
+
+def test_an_update_for_another_attempt_or_from_outside_the_set_is_refused(keys: Path) -> None:
+    cluster = masked_cluster(keys, rounds=1, expected_hospitals=3)
+    for name in ("h1", "h2", "h3"):  # h4's identity exists, but it never said it was ready
+        cluster.add_hospital(name, cipher=open_cipher(keys / "hospital"))
+    coordinator = cluster.start_coordinator(open_aggregator(keys / "coordinator"))
+    while not coordinator.state.participants:
+        assert cluster.transport.deliver_all(limit=1), "the set was never fixed"
+    assert coordinator.state.participants == ("h1", "h2", "h3") and not coordinator.state.accepted
+
+    def update(hospital: str, attempt: int) -> None:
+        message = UpdateSubmitted(
+            run="run-1", round=1, hospital=hospital, blob_ref="x", sha256="y", attempt=attempt
+        )
+        coordinator.handle(codec(hospital).encode(message), hospital)
+
+    update("h1", 7)  # masked for a set that was never fixed
+    update("h2", 0)  # unmasked, in a masked run
+    update("h4", 1)  # not in the set: its masks cancel with nobody's
+    assert coordinator.state.rejected == {"other-attempt": 2, "not-a-participant": 1}
+    cluster.run_to_end()
+    assert coordinator.state.phase == "done"
+    assert coordinator.state.history[0].accepted == ("h1", "h2", "h3")
+
+
+def summed(aggregator: Aggregator, blobs: list[bytes]) -> bytes:
+    total = aggregator.new_sum()
+    for blob in blobs:
+        total.add(blob)
+    return total.to_blob()
+
+
+@pytest.mark.parametrize("masking", [True, False])
+def test_a_curious_hospital_with_a_copy_of_the_store(keys: Path, masking: bool) -> None:
+    """h2 holds the HE secret key and a copy of every blob ever written to the store."""
+    store = CopyingStore()
+    cluster = masked_cluster(keys, store, rounds=1, masking=masking)
+    add_all(cluster, keys)
+    cluster.start_coordinator(open_aggregator(keys / "coordinator"))
+    coordinator = cluster.run_to_end()
+    assert coordinator.state.phase == "done"
+    key = layout.update_key("run-1", 1, "h1")
+    assert store.copies[key] and not store.exists(key)  # deleted, but the copy remains
+    upload = store.copies[key][-1]
+    truth = cluster.hospitals["h1"]._cipher.encrypted[-1]  # type: ignore[attr-defined]
+    curious: Cipher = cluster.hospitals["h2"]._cipher  # type: ignore[attr-defined]
+    if not masking:  # the attack works without masks: every weight and the row count
+        np.testing.assert_allclose(curious.decrypt(upload), truth, atol=1e-6)
+        return
+    with pytest.raises((ValueRangeError, BlobError)):
+        curious.decrypt(upload)  # its own decrypt refuses noise as a model
+    seal = curious._seal  # type: ignore[attr-defined]
+    _, chunks = curious.spec.decode(upload)
+    seen = np.concatenate([seal.decrypt_block(c) for c in chunks])[: truth.size]
+    # Noise of the order of q / scale, nothing like the update (this model has only a few
+    # dozen values; tests/crypto/test_masking.py checks the statistics on 20,000).
+    assert np.median(np.abs(seen - truth)) > 1000 * np.max(np.abs(truth))
+    assert abs(np.corrcoef(seen, truth)[0, 1]) < 0.9
+    # The round's uploads together still sum to the plaintext sum of the four updates.
+    uploads = [store.copies[layout.update_key("run-1", 1, n)][-1] for n in FOUR]
+    total = curious.decrypt(summed(open_aggregator(keys / "coordinator"), uploads))
+    expected = np.sum([cluster.hospitals[n]._cipher.encrypted[-1] for n in FOUR], axis=0)  # type: ignore[attr-defined]
+    np.testing.assert_allclose(total, expected, atol=1e-6)
+
+
+def test_a_hospital_named_without_a_trained_update_says_so(keys: Path) -> None:
+    cluster = masked_cluster(keys, rounds=1)
+    add_all(cluster, keys)
+    hospital = cluster.hospitals["h1"]
+    fixed = ParticipantsFixed(
+        run="run-1", round=1, attempt=1, participants=("h1", "h2", "h3"), deadline=1e12
+    )
+    hospital.handle(codec("coordinator").encode(fixed))
+    sent = [codec("coordinator").decode(body) for _, body, _ in cluster.transport._queue]  # type: ignore[attr-defined]
+    failures = [m for m in sent if isinstance(m, UpdateFailed)]
+    assert failures and "without a trained update" in failures[0].error
