@@ -129,14 +129,7 @@ class Coordinator:
             elif decision in ("fix", "refix"):
                 self._fix_participants(decision, now)
             elif decision == "fail":
-                gathering = self.plan.masking and not self.state.participants
-                answered = self.state.ready if gathering else self.state.accepted
-                self._fail(
-                    f"round {self.state.round}: only {len(answered)} of "
-                    f"{self.plan.min_hospitals} required hospitals "
-                    f"{'were ready' if gathering else 'submitted'} before the deadline"
-                    + self._reported_failures()
-                )
+                self._fail(self._quorum_missed(now))
         elif self.state.phase == "final" and sm.final_decision(self.plan, self.state, now):
             self.state = sm.finish_run(self.state)
             self._report_progress(self.state.history[-1])
@@ -285,6 +278,19 @@ class Coordinator:
         self._failures[msg.hospital] = msg.error
         self._persist()
         self._log("update_failed", level=logging.WARNING, hospital=msg.hospital, error=msg.error)
+
+    def _quorum_missed(self, now: float) -> str:
+        """Why the round failed: too few hospitals ready (masked, before the set is fixed) or
+        submitted, by the deadline or because the others reported failures."""
+        gathering = self.plan.masking and not self.state.participants
+        answered = self.state.ready if gathering else self.state.accepted
+        deadline = self.state.mask_deadline if self.state.participants else self.state.deadline
+        return (
+            f"round {self.state.round}: only {len(answered)} of {self.plan.min_hospitals} "
+            f"required hospitals {'were ready' if gathering else 'submitted'} "
+            + ("before the deadline" if now >= deadline else "(the others failed)")
+            + self._reported_failures()
+        )
 
     def _reported_failures(self) -> str:
         """The errors hospitals reported this round, each once with who reported it."""

@@ -8,6 +8,7 @@ still reproduces plaintext FedAvg.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import pytest
 
 from common.crypto import Cipher, HEConfig, open_aggregator, open_cipher, run_key_ceremony
 from common.crypto.aggregator import Aggregator
+from common.crypto.masking import Cohort, Masker, PairwiseMasks
 from common.errors import BlobError, ValueRangeError
 from common.protocol import layout
 from common.protocol.messages import ParticipantsFixed, UpdateFailed, UpdateSubmitted
@@ -264,3 +266,29 @@ def test_a_hospital_named_without_a_trained_update_says_so(keys: Path) -> None:
     sent = [codec("coordinator").decode(body) for _, body, _ in cluster.transport._queue]  # type: ignore[attr-defined]
     failures = [m for m in sent if isinstance(m, UpdateFailed)]
     assert failures and "without a trained update" in failures[0].error
+
+
+def test_a_hospital_that_masks_wrongly_turns_the_sum_into_noise_and_the_run_stops(
+    keys: Path,
+) -> None:
+    """What masking costs: one participant's wrong mask cannot be traced to it, but the sum is
+    noise, every hospital refuses it at decryption, and the run aborts with that reason."""
+
+    class WrongMasks:
+        def __init__(self, masks: PairwiseMasks) -> None:
+            self._masks = masks
+
+        def for_cohort(self, cohort: Cohort) -> Masker:
+            return self._masks.for_cohort(replace(cohort, attempt=cohort.attempt + 50))
+
+    cluster = masked_cluster(keys, rounds=2)
+    add_all(cluster, keys)
+    cheat = cluster.hospitals["h4"]
+    cheat._masks = WrongMasks(codec("h4").pairwise_masks())  # type: ignore[assignment]
+    coordinator = cluster.start_coordinator(open_aggregator(keys / "coordinator"))
+    cluster.run_to_end()
+    assert coordinator.state.phase == "failed"
+    error = coordinator.state.error or ""
+    assert "round 2" in error and "h1, h2, h3, h4" in error, error
+    assert "(the others failed)" in error and "is beyond" in error  # the sum is noise
+    assert all(h.final_weights is None for h in cluster.hospitals.values())
