@@ -143,10 +143,10 @@ def load_identity(path: Path, name: str) -> Identity:
     key and, for a hospital, one X25519 masking key."""
     try:
         data = path.read_bytes()
-        keys = [
-            serialization.load_pem_private_key(block.group(0), password=None)
-            for block in _PEM_BLOCK.finditer(data)
-        ]
+        blocks = [block.group(0) for block in _PEM_BLOCK.finditer(data)]
+        if len(blocks) != data.count(b"-----BEGIN ") or b"".join(blocks) != data.lstrip():
+            raise ValueError("it holds text outside complete PEM blocks (truncated?)")
+        keys = [serialization.load_pem_private_key(block, password=None) for block in blocks]
     except (OSError, ValueError, TypeError) as exc:
         raise KeyBundleError(f"{path}: cannot read the signing key of {name}: {exc}") from exc
     signing = [key for key in keys if isinstance(key, Ed25519PrivateKey)]
@@ -235,6 +235,12 @@ class MessageCodec:
                 f"the identity of {self.identity.name} holds no masking key (issued before "
                 "masking existed): re-issue the identities with hefl keygen, or run with "
                 "--no-masking"
+            )
+        missing = [name for name in self.trust.hospitals if name not in self.trust.masking]
+        if missing:
+            raise KeyBundleError(
+                f"trust.json holds no masking key for {', '.join(missing)}: re-issue the "
+                "identities with hefl keygen, or run with --no-masking"
             )
         return PairwiseMasks(self.identity.name, self.identity.masking, self.trust.masking)
 

@@ -113,3 +113,68 @@ def test_a_malformed_trust_file_names_the_problem(tmp_path: Path) -> None:
     path.write_text("not json")
     with pytest.raises(KeyBundleError, match="cannot read the trust file"):
         load_trust(path)
+
+
+# -- masking keys: issued with the signing keys, one per hospital ---------------------------------
+
+
+def test_hospitals_get_a_masking_key_and_the_coordinator_none(tmp_path: Path) -> None:
+    issue_identities(tmp_path, ["hospital-1", "hospital-2", "hospital-3"])
+    trust = load_trust(tmp_path / TRUST_FILE)
+    assert set(trust.masking) == {"hospital-1", "hospital-2", "hospital-3"}
+    listed = json.loads((tmp_path / TRUST_FILE).read_text())["participants"]
+    assert "x25519" not in listed["coordinator"] and "x25519" in listed["hospital-2"]
+    coordinator = load_identity(tmp_path / "coordinator" / SIGNING_KEY_FILE, "coordinator")
+    assert coordinator.masking is None
+    with pytest.raises(KeyBundleError, match="holds no masking key"):
+        MessageCodec(coordinator, trust).pairwise_masks()
+    own = load_identity(tmp_path / "hospital-1" / SIGNING_KEY_FILE, "hospital-1")
+    masks = MessageCodec(own, trust).pairwise_masks()
+    assert masks.me == "hospital-1" and "peers=2" in repr(masks)
+
+
+def test_an_identity_file_of_before_masking_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    issue_identities(tmp_path, ["hospital-1", "hospital-2", "hospital-3"])
+    path = tmp_path / "hospital-1" / SIGNING_KEY_FILE
+    first_block = path.read_bytes().split(b"-----END PRIVATE KEY-----")[0]
+    path.write_bytes(first_block + b"-----END PRIVATE KEY-----\n")  # the Ed25519 key alone
+    trust = load_trust(tmp_path / TRUST_FILE)
+    codec = MessageCodec(load_identity(path, "hospital-1"), trust)  # it can still sign
+    with pytest.raises(KeyBundleError, match="re-issue the identities with hefl keygen"):
+        codec.pairwise_masks()
+
+
+def test_identity_files_with_wrong_keys_are_refused(tmp_path: Path) -> None:
+    issue_identities(tmp_path, ["hospital-1", "hospital-2", "hospital-3"])
+    one = tmp_path / "hospital-1" / SIGNING_KEY_FILE
+    two = tmp_path / "hospital-2" / SIGNING_KEY_FILE
+    doubled = tmp_path / "doubled.pem"
+    doubled.write_bytes(one.read_bytes() + one.read_bytes())
+    with pytest.raises(KeyBundleError, match="found 4 keys"):
+        load_identity(doubled, "hospital-1")
+    truncated = tmp_path / "truncated.pem"
+    truncated.write_bytes(one.read_bytes()[:-40])
+    with pytest.raises(KeyBundleError, match="outside complete PEM blocks"):
+        load_identity(truncated, "hospital-1")
+    # hospital-1's signing key with hospital-2's masking key: the trust file tells them apart.
+    mixed = tmp_path / "mixed.pem"
+    mixed.write_bytes(
+        one.read_bytes().split(b"-----END PRIVATE KEY-----")[0]
+        + b"-----END PRIVATE KEY-----\n"
+        + two.read_bytes().split(b"-----END PRIVATE KEY-----\n")[1]
+        + b"-----END PRIVATE KEY-----\n"
+    )
+    trust = load_trust(tmp_path / TRUST_FILE)
+    with pytest.raises(KeyBundleError, match="masking key of hospital-1 does not match"):
+        MessageCodec(load_identity(mixed, "hospital-1"), trust)
+
+
+def test_a_trust_file_without_a_peer_masking_key_is_refused_by_name(tmp_path: Path) -> None:
+    issue_identities(tmp_path, ["hospital-1", "hospital-2", "hospital-3"])
+    listed = json.loads((tmp_path / TRUST_FILE).read_text())
+    del listed["participants"]["hospital-3"]["x25519"]
+    (tmp_path / TRUST_FILE).write_text(json.dumps(listed))
+    trust = load_trust(tmp_path / TRUST_FILE)
+    own = load_identity(tmp_path / "hospital-1" / SIGNING_KEY_FILE, "hospital-1")
+    with pytest.raises(KeyBundleError, match="no masking key for hospital-3"):
+        MessageCodec(own, trust).pairwise_masks()
