@@ -73,7 +73,10 @@ def data_header(config: SimulationConfig, cohort: Cohort) -> list[str]:
     """What was split how, and each hospital's rows and positive rate."""
     lines = [
         f"data: {config.dataset} ({config.schema}), {config.hospitals} hospitals, "
-        f"partition {config.partition}, {config.rounds} rounds, seed {config.seed}"
+        f"partition {config.partition}, {config.rounds} rounds, seed {config.seed}",
+        "encrypted uploads carry pairwise masks (each one alone decrypts to noise)"
+        if config.masking
+        else "encrypted uploads without pairwise masks (--no-masking)",
     ]
     for name, d in zip(cohort.names, cohort.data, strict=True):
         lines.append(

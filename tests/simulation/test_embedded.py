@@ -85,7 +85,15 @@ def test_every_round_is_summarized_with_holdout_metrics(comparison: tuple) -> No
         assert sorted(by_hospital) == ["hospital-1", "hospital-2", "hospital-3"]
         mean_loss = sum(m["loss"] for m in by_hospital.values()) / 3
         assert mean_loss == pytest.approx(metrics["loss"])
+        assert record["attempts"] == 1  # masked: one participant set, nobody dropped
     assert run["rejected"] == {}
+    assert summary["config"]["masking"] is True
+    assert all(r["attempts"] == 0 for r in summary["runs"]["plaintext"]["rounds"])  # no masks
+
+
+def test_the_output_says_whether_uploads_are_masked(comparison: tuple) -> None:
+    _, _, lines = comparison
+    assert "encrypted uploads carry pairwise masks (each one alone decrypts to noise)" in lines
 
 
 def test_each_hospital_keeps_a_loadable_final_model(comparison: tuple) -> None:
@@ -115,6 +123,7 @@ def test_cli_simulate_runs_bfv_without_baselines(sample_csv: Path, tmp_path: Pat
             "--scheme",
             "bfv",
             "--no-baselines",
+            "--no-masking",
             "--out",
             str(tmp_path / "o"),
         ]
@@ -122,7 +131,10 @@ def test_cli_simulate_runs_bfv_without_baselines(sample_csv: Path, tmp_path: Pat
     assert code == 0
     printed = capsys.readouterr().out
     assert "encrypted FedAvg (BFV)" in printed
+    assert "encrypted uploads without pairwise masks (--no-masking)" in printed
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["config"]["masking"] is False
+    assert summary["runs"]["encrypted"]["rounds"][0]["attempts"] == 0
     assert len(summary["results"]) == 1
     assert np.isfinite(summary["results"][0]["auc"])
 
