@@ -188,7 +188,7 @@ class Hospital:
             return
         started = time.perf_counter()
         try:
-            reply = self._train_and_upload(msg)
+            reply = self._train_and_answer(msg)
         except HeflError as exc:
             self._report_failure(msg.round, exc)
             return
@@ -241,7 +241,9 @@ class Hospital:
         )
         self._transport.publish(SUBMIT, self._codec.encode(failed))
 
-    def _train_and_upload(self, msg: RoundStarted) -> bytes:
+    def _train_and_answer(self, msg: RoundStarted) -> bytes:
+        """Evaluate the global model, train on it; the signed answer: the upload's
+        ``UpdateSubmitted``, or in a masked run ``UpdateReady`` (the update waits in memory)."""
         if msg.config_digest != self._config_digest:
             raise ProtocolError(
                 f"run configuration differs from this hospital's (digest {msg.config_digest[:12]} "
