@@ -15,6 +15,7 @@ from scipy import stats
 
 from common.crypto import Cipher, HEConfig, open_aggregator, open_cipher, run_key_ceremony
 from common.crypto.aggregator import Aggregator
+from common.crypto.encoding import from_fixed
 from common.crypto.masking import Cohort, PairwiseMasks, add_mod, mask_stream
 from common.crypto.seal import SealSecret
 from common.errors import BlobError, ConfigError, KeyBundleError, ValueRangeError
@@ -144,10 +145,10 @@ def read_with_the_secret_key(cipher: Cipher, blob: bytes) -> np.ndarray:
     values = []
     for chunk in chunks:
         try:
-            values.append(seal.decrypt_block(chunk))
+            values.append(cipher._decrypt_block(chunk))  # type: ignore[attr-defined]
         except BlobError:  # BFV: the noise budget reads as exhausted; read the slots anyway
-            ctxt = seal.load_chunk(chunk)._ctxt
-            values.append(np.asarray(seal._he.decryptInt(ctxt), dtype=np.float64))
+            slots = np.asarray(seal._he.decryptInt(seal.load_chunk(chunk)._ctxt), dtype=np.int64)
+            values.append(from_fixed(slots, cipher._fraction_bits))  # type: ignore[attr-defined]
     return np.concatenate(values)[: header.value_count].astype(np.float64)
 
 
