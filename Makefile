@@ -28,6 +28,7 @@ help:
 	@echo "make lint     ruff and mypy"
 	@echo "make bench    full benchmarks against TenSEAL/FLARE and others (~20 min; bench/results/)"
 	@echo "make bench-quick  the same on small sizes into out/bench-quick (~2 min)"
+	@echo "make bench-masking  masked against unmasked encrypted rounds, 4 and 10 hospitals (~15 min)"
 	@echo "make tff-env  create $(TFF_VENV), TensorFlow Federated's own environment (idempotent)"
 	@echo "make demo-tff the demo's federated run with TensorFlow Federated as the engine"
 	@echo "make broker   install (Debian) and start a local RabbitMQ for the tests"
@@ -67,6 +68,11 @@ bench: bench-install
 # Small sizes and a data sample into out/bench-quick/ (about 2 min); README untouched.
 bench-quick: bench-install
 	$(BIN)/python -m bench.run_all --quick --out out/bench-quick --command "make bench-quick" $(BENCH_ARGS)
+
+# Pairwise masking's cost on the Diabetes MLP (4 and 10 hospitals): bench/results/masking.{md,json}.
+.PHONY: bench-masking
+bench-masking: bench-install
+	$(BIN)/python -m bench.masking $(BENCH_ARGS)
 
 # The whole suite, container and Kubernetes tests included (`-m ""` lifts pyproject's default
 # `-m "not cluster"`, which keeps a plain `pytest` free of the Docker engine).

@@ -5,6 +5,10 @@ A round's segment ends when the coordinator writes that round's aggregate blob, 
 holds everything the round costs: hospitals downloading and decrypting the previous aggregate,
 evaluating it, training, encrypting, uploading; the coordinator fetching, verifying and adding
 the updates, persisting its state and writing the aggregate; messages and signatures ("other").
+Details sit beside the segments, not in them, so a segment's phases still add up to its wall
+time (``DETAILS``): the pairwise-mask words a masked upload draws inside "encrypt", and the
+process's CPU seconds over the round (every thread), which other processes on a shared machine
+disturb far less than wall time.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import numpy as np
 
 from common.crypto import UNBOUND, Aggregator, Binding, Cipher, RunningSum
 from common.crypto.cipher import AGGREGATE, UPDATE
+from common.crypto.masking import Masker
 from common.crypto.spec import BlobSpec
 from common.metrics import Metrics
 from common.store import Store
@@ -33,15 +38,21 @@ PHASES = (
     "decrypt",
     "coordinator_state",
 )
+#: "mask": ``Masker.words`` within "encrypt" (masking's ChaCha20 streams); "cpu": process CPU time.
+DETAILS = ("mask", "cpu")
 
 
 class PhaseClock:
-    """Wall time per phase, cut into one segment per round."""
+    """Wall time per phase, cut into one segment per round; ``details[i]`` belongs to
+    ``segments[i]``."""
 
     def __init__(self) -> None:
         self.segments: list[dict[str, float]] = []
+        self.details: list[dict[str, float]] = []
         self._current: dict[str, float] = dict.fromkeys(PHASES, 0.0)
+        self._detail: dict[str, float] = dict.fromkeys(DETAILS, 0.0)
         self._mark = time.perf_counter()
+        self._cpu_mark = time.process_time()
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -51,14 +62,26 @@ class PhaseClock:
         finally:
             self._current[name] += time.perf_counter() - started
 
+    @contextmanager
+    def detail(self, name: str) -> Iterator[None]:
+        """Time part of a phase on its own (the phase's time still includes it)."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._detail[name] += time.perf_counter() - started
+
     def close_round(self) -> None:
-        now = time.perf_counter()
+        now, cpu = time.perf_counter(), time.process_time()
+        self._detail["cpu"] = cpu - self._cpu_mark
         segment = dict(self._current)
         segment["wall"] = now - self._mark
         segment["other"] = segment["wall"] - sum(self._current.values())
         self.segments.append(segment)
+        self.details.append(self._detail)
         self._current = dict.fromkeys(PHASES, 0.0)
-        self._mark = now
+        self._detail = dict.fromkeys(DETAILS, 0.0)
+        self._mark, self._cpu_mark = now, cpu
 
 
 class TimedCipher:
@@ -78,14 +101,31 @@ class TimedCipher:
         return self._inner.spec
 
     def encrypt(
-        self, values: np.ndarray, *, kind: str = UPDATE, binding: Binding = UNBOUND
+        self,
+        values: np.ndarray,
+        *,
+        kind: str = UPDATE,
+        binding: Binding = UNBOUND,
+        mask: Masker | None = None,
     ) -> bytes:
+        timed = None if mask is None else TimedMasker(mask, self._clock)
         with self._clock.phase("encrypt"):
-            return self._inner.encrypt(values, kind=kind, binding=binding)
+            return self._inner.encrypt(values, kind=kind, binding=binding, mask=timed)
 
     def decrypt(self, blob: bytes) -> np.ndarray:
         with self._clock.phase("decrypt"):
             return self._inner.decrypt(blob)
+
+
+class TimedMasker:
+    """A cohort mask whose word generation is timed as the "mask" detail."""
+
+    def __init__(self, inner: Masker, clock: PhaseClock) -> None:
+        self._inner, self._clock = inner, clock
+
+    def words(self, count: int, modulus: int) -> np.ndarray:
+        with self._clock.detail("mask"):
+            return self._inner.words(count, modulus)
 
 
 class TimedSum:

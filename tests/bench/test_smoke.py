@@ -118,6 +118,33 @@ def test_round_benchmark_splits_each_round_into_phases(rounds: Doc) -> None:
     assert upload["encrypted (CKKS)"] / model["parameters"] <= 16
 
 
+@pytest.fixture(scope="module")
+def masking(out: Path) -> Doc:
+    return run("masking", out, "--hospital-counts", "3", "--rounds", "2", "--repeats", "1")
+
+
+def test_masking_benchmark_sets_masked_against_unmasked_rounds_of_equal_upload_size(
+    masking: Doc,
+) -> None:
+    (cell,) = masking["cells"]
+    assert cell["hospitals"] == 3 and cell["parameters"] == 41_473
+    masked, unmasked = (
+        cell["bytes_per_parameter"]["masked"],
+        cell["bytes_per_parameter"]["unmasked"],
+    )
+    # masks are added inside the ciphertexts: the upload keeps its size
+    assert masked == pytest.approx(unmasked, rel=0.01) and 0 < masked <= 16
+    for key in ("ratio", "cpu_ratio", "crypto_ratio"):
+        assert math.isfinite(cell[key]) and cell[key] > 0, key
+    assert cell["mask_words_s"] > 0 and cell["encrypt_s"]["masked"] > 0
+    assert cell["attempts"] == [1]  # no dropout: every masked round closed on its first cohort
+    (cost,) = masking["mask_cost"]
+    assert cost["peers"] == 2 and cost["mask_words"] > 0 and cost["modulus_bits"] >= 20
+    for key in ("words", "encrypt", "encrypt_masked"):
+        assert cost["seconds"][key] > 0, key
+    assert math.isfinite(cost["masked_over_unmasked_encrypt"])
+
+
 def test_scaling_benchmark_runs_every_cell_in_its_own_process(scaling: Doc) -> None:
     cells = scaling["cells"]
     assert {(c["codec"], c["hospitals"]) for c in cells} == {
