@@ -87,14 +87,16 @@ def mask_stream(seed: bytes, count: int, modulus: int) -> np.ndarray:
         raise ConfigError(f"a mask seed is 32 bytes, got {len(seed)}")
     if not 2 <= modulus < 1 << MAX_MODULUS_BITS:
         raise ConfigError(f"mask modulus must be within 2..2^{MAX_MODULUS_BITS}, got {modulus}")
-    keep = np.uint64((1 << (modulus - 1).bit_length()) - 1)
+    bits = (modulus - 1).bit_length()
+    keep = np.uint64((1 << bits) - 1)
     limit = np.uint64(modulus)
     stream = Cipher(algorithms.ChaCha20(seed, _NONCE), mode=None).encryptor()
     parts: list[np.ndarray] = []
     found = 0
     while found < count:
-        # Accepted with probability modulus / 2^bits > 1/2; ask for a little more than needed.
-        want = (count - found) * 2 + 64
+        # A word is kept with probability modulus / 2^bits (> 1/2): ask for what should do,
+        # plus a margin. The words kept are the same whatever the batch sizes.
+        want = (count - found) * (1 << bits) // modulus + 64
         raw = np.frombuffer(stream.update(bytes(8 * want)), dtype="<u8") & keep
         accepted = raw[raw < limit]
         parts.append(accepted)
@@ -120,14 +122,21 @@ class CohortMask:
         return f"CohortMask({self._me!r}, peers={sorted(self._seeds)})"
 
     def words(self, count: int, modulus: int) -> np.ndarray:
-        total = np.zeros(count, dtype=np.uint64)
+        # The streams of higher-named peers are added, those of lower-named ones subtracted, so
+        # every pair cancels. Residues are summed without reducing until 64 bits could overflow.
+        fits = max(1, ((1 << 64) - 1) // modulus - 1)
+        q = np.uint64(modulus)
+        sums = {True: np.zeros(count, dtype=np.uint64), False: np.zeros(count, dtype=np.uint64)}
+        held = {True: 0, False: 0}
         for peer, seed in sorted(self._seeds.items()):
-            stream = mask_stream(seed, count, modulus)
-            if peer < self._me:  # the lower name subtracts, the higher adds: pairs cancel
-                stream = np.uint64(modulus) - stream
-                stream[stream == np.uint64(modulus)] = 0
-            total = add_mod(total, stream, modulus)
-        return total
+            adds = peer > self._me
+            if held[adds] >= fits:
+                np.remainder(sums[adds], q, out=sums[adds])
+                held[adds] = 1
+            np.add(sums[adds], mask_stream(seed, count, modulus), out=sums[adds])
+            held[adds] += 1
+        plus, minus = (np.remainder(sums[side], q) for side in (True, False))
+        return add_mod(plus, np.where(minus == 0, minus, q - minus), modulus)
 
 
 class PairwiseMasks:

@@ -73,6 +73,20 @@ def test_the_masks_of_a_complete_cohort_cancel_exactly(count: int) -> None:
     assert not total.any()
 
 
+@pytest.mark.parametrize("modulus", [257, PRIME_56, (1 << 61) - 1])
+def test_masks_cancel_for_ten_hospitals_and_any_prime_width(modulus: int) -> None:
+    # With a 61-bit prime only 7 streams add up without overflowing 64 bits: the sums are
+    # reduced on the way, and must still cancel exactly.
+    names = tuple(sorted(f"hospital-{i}" for i in range(1, 11)))
+    masks = masks_for(names)
+    total = np.zeros(3000, dtype=np.uint64)
+    for name in names:
+        words = masks[name].for_cohort(cohort(names=names)).words(3000, modulus)
+        assert int(words.max()) < modulus
+        total = add_mod(total, words, modulus)
+    assert not total.any()
+
+
 def test_without_one_participant_the_masks_do_not_cancel() -> None:
     masks = masks_for(NAMES)
     total = np.zeros(1000, dtype=np.uint64)
