@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -65,6 +66,7 @@ class ProcessCluster:
     scheme: str = "bfv"
     run: str = "run-1"
     model_flags: tuple[str, ...] = MODEL_FLAGS
+    masking: bool = True  # pairwise masks, every participant's default (False: --no-masking)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
@@ -134,6 +136,7 @@ class ProcessCluster:
             "--rounds",
             str(self.rounds),
             *self.model_flags,
+            *(() if self.masking else ("--no-masking",)),
         ]
 
     def _spawn(self, label: str, args: list[str]) -> subprocess.Popen[bytes]:
@@ -184,6 +187,10 @@ class ProcessCluster:
     def state(self) -> dict[str, Any] | None:
         return read_signed_state(self.state_dir / layout.state_key(self.run))
 
+    def summary(self) -> dict[str, Any]:
+        """The operator's summary the coordinator writes in its state folder when the run ends."""
+        return json.loads((self.state_dir / layout.summary_key(self.run)).read_text())
+
     def wait_for(
         self, condition: Callable[[dict[str, Any]], bool], *, timeout: float, what: str
     ) -> dict[str, Any]:
@@ -222,6 +229,23 @@ class ProcessCluster:
     def log(self, label: str) -> str:
         path = self.root / "logs" / f"{label}.log"
         return path.read_text(errors="replace") if path.exists() else ""
+
+    def wait_log(
+        self, label: str, pattern: str, *, timeout: float, interval: float = 0.005
+    ) -> re.Match[str]:
+        """The first match of ``pattern`` (a regular expression) in ``label``'s log, polled
+        every ``interval`` seconds: fast enough to freeze a process between two of its steps."""
+        compiled = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while (found := compiled.search(self.log(label))) is None:
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"timed out after {timeout:.0f}s waiting for {pattern!r} in {label}'s log\n"
+                    f"{self.tail_logs()}"
+                )
+            self._check_alive()
+            time.sleep(interval)
+        return found
 
     def tail_logs(self, lines: int = 15) -> str:
         parts = []

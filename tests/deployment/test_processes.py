@@ -2,16 +2,20 @@
 
 BFV is used where results are compared bit for bit: its fixed-point sums decrypt exactly, so a
 distributed run must reproduce the embedded simulation's final model to the last float (CKKS adds
-fresh noise per encryption, which training amplifies to ~1e-5; see test_simulation.py).
+fresh noise per encryption, which training amplifies to ~1e-5; see test_simulation.py). Pairwise
+masking is on, as it is by default: the masks cancel exactly in the sum, so they change nothing
+in the model; hospitals say UpdateReady, the coordinator fixes the round's participants, and only
+then do they upload.
 """
 
 from __future__ import annotations
 
+import re
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
 from typing import ClassVar
@@ -22,19 +26,26 @@ import pytest
 from common.crypto import (
     AGGREGATE,
     Binding,
+    Cipher,
     HEConfig,
     open_aggregator,
     open_cipher,
+    plain_aggregator,
+    plain_cipher,
     run_key_ceremony,
 )
 from common.data import FeatureEncoder, load_local_data, load_schema
+from common.errors import TrainingError
+from common.metrics import Metrics
 from common.model import ModelConfig
 from common.protocol import layout
 from common.protocol.messages import (
     FinalReport,
     Hello,
+    ParticipantsFixed,
     RoundStarted,
     RunFinished,
+    UpdateReady,
     UpdateSubmitted,
 )
 from common.protocol.signing import issue_identities
@@ -42,11 +53,14 @@ from common.store import LocalStore, sha256_hex
 from common.transport import ANNOUNCE, SUBMIT
 from common.transport.rabbitmq import RabbitMQTransport
 from hefl.keylayout import KeyLayout
-from hefl.simulation import Cohort, SimulationConfig, run_federated
+from hefl.simulation import Cohort, FederatedResult, SimulationConfig, run_federated
+from hospital_node.trainer import FitResult, Trainer, TrainerFactory, keras_trainer
 from testkit.cluster import DATA, ProcessCluster, process_cluster, sample_csv
 
 MODEL = ModelConfig(hidden_units=(8,), batch_size=64, local_epochs=1)
 ROUNDS = 5
+#: Seconds a fixed participant set has to upload before a silent member is dropped.
+MASK_TIMEOUT = "8"
 
 
 @pytest.fixture(scope="module")
@@ -63,11 +77,8 @@ def cluster(tmp_path: Path, broker: ModuleType, source: Path) -> Iterator[Proces
         yield running
 
 
-def embedded_reference(
-    cluster: ProcessCluster, out: Path, names: tuple[str, ...] | None = None
-) -> np.ndarray:
-    """The embedded simulation on the same shards, keys and seed (of ``names``: every site)."""
-    keys = KeyLayout(cluster.keys)
+def shard_cohort(cluster: ProcessCluster, names: tuple[str, ...] | None = None) -> Cohort:
+    """The cluster's shards (of ``names``: every site), encoded as its hospitals encode them."""
     names = names or tuple(cluster.names)
     data = tuple(
         load_local_data(
@@ -80,19 +91,58 @@ def embedded_reference(
         for n in names
     )
     encoder = FeatureEncoder(load_schema("diabetes130"))
-    cohort = Cohort(
+    return Cohort(
         names=names, data=data, n_features=encoder.n_features, layout_digest=encoder.layout_digest
     )
-    config = SimulationConfig(dataset=DATA, hospitals=4, rounds=ROUNDS, model=MODEL, out=out)
-    result = run_federated(
+
+
+def embedded_run(
+    cluster: ProcessCluster,
+    out: Path,
+    cohort: Cohort,
+    *,
+    plaintext: bool = False,
+    min_hospitals: int | None = None,
+    trainer_for: TrainerFactory = keras_trainer,
+) -> FederatedResult:
+    """The embedded simulation on the same shards, keys and seed: encrypted FedAvg under the
+    cluster's keys (masked as the cluster is), or ``plaintext`` FedAvg."""
+    keys = KeyLayout(cluster.keys)
+    config = SimulationConfig(
+        dataset=DATA,
+        hospitals=len(cohort.names),
+        rounds=ROUNDS,
+        model=MODEL,
+        out=out,
+        min_hospitals=min_hospitals,
+        masking=cluster.masking,
+    )
+
+    def cipher_for(_name: str) -> Cipher:
+        return plain_cipher() if plaintext else open_cipher(keys.he_hospital)
+
+    return run_federated(
         config,
         cohort,
-        run="embedded",
-        cipher_for=lambda _n: open_cipher(keys.he_hospital),
-        aggregator=open_aggregator(keys.he_coordinator),
+        run="plaintext" if plaintext else "embedded",
+        cipher_for=cipher_for,
+        aggregator=plain_aggregator() if plaintext else open_aggregator(keys.he_coordinator),
         store_dir=out / "store",
+        trainer_for=trainer_for,
     )
-    return result.weights
+
+
+def embedded_reference(
+    cluster: ProcessCluster, out: Path, names: tuple[str, ...] | None = None
+) -> np.ndarray:
+    """The embedded simulation's final model (of ``names``: every site)."""
+    return embedded_run(cluster, out, shard_cohort(cluster, names)).weights
+
+
+def pooled_auc(cohort: Cohort, weights: np.ndarray) -> float:
+    """The AUC of ``weights`` on the union of the cohort's hold-outs."""
+    x_test, y_test = cohort.pooled_test
+    return keras_trainer(MODEL, cohort.n_features).evaluate(weights, x_test, y_test).auc
 
 
 def wait_until(condition: Callable[[], bool], *, timeout: float, what: str) -> None:
@@ -130,8 +180,14 @@ def test_four_hospital_processes_reproduce_the_embedded_simulation(
     run_everyone(cluster)
     state = assert_completed(cluster, embedded_reference(cluster, tmp_path / "embedded"))
     assert all(len(r["accepted"]) == 4 for r in state["history"])
+    assert all(r["attempts"] == 1 for r in state["history"])  # masked, nobody dropped
     assert state["rejected"] == {}
     assert "round 5/5 closed" in cluster.log("coordinator")
+    # Encrypted, masked and distributed, the model is as good as plaintext FedAvg's.
+    cohort = shard_cohort(cluster)
+    plaintext = embedded_run(cluster, tmp_path / "plaintext", cohort, plaintext=True).weights
+    final = cluster.final_weights("hospital-1")
+    assert abs(pooled_auc(cohort, final) - pooled_auc(cohort, plaintext)) <= 0.001
 
 
 def test_a_hospital_killed_mid_round_is_left_out_then_rejoins(
@@ -139,22 +195,23 @@ def test_a_hospital_killed_mid_round_is_left_out_then_rejoins(
 ) -> None:
     others = {"hospital-1", "hospital-2", "hospital-3"}
     run_everyone(cluster, "--min-hospitals", "3", "--round-timeout", "20")
-    cluster.wait_for(lambda s: s["round"] >= 2, timeout=120, what="round 2")
-    cluster.kill("hospital-4")  # SIGKILL, as the OOM killer would
+    # Killed (SIGKILL, as the OOM killer would) between its upload of round 1 and its answer to
+    # round 2; dying in the participant set once it said it was ready is the next test.
+    cluster.wait_log("hospital-4", r"update_submitted .*round=1\b", timeout=120)
+    cluster.kill("hospital-4")
+    assert not re.search(r"update_ready .*round=2\b", cluster.log("hospital-4")), (
+        "hospital-4 was killed after it said it was ready for round 2"
+    )
 
-    # The round it misses: the other three answered and the round waits for hospital-4,
-    # which is still on the roster, until the deadline.
+    # The round it misses: the other three are ready and the round waits for hospital-4, which
+    # is still on the roster, until the deadline.
     def waiting_for_it(state: dict) -> bool:
-        accepted = {a["hospital"] for a in state["accepted"]}
-        return state["phase"] == "round" and accepted == others
+        return state["phase"] == "round" and set(state["ready"]) == others
 
-    # A submission it sent before dying may still be in the queue: be sure the round waits.
-    stuck: dict = {}
-    while cluster.state() != stuck:
-        stuck = cluster.wait_for(waiting_for_it, timeout=60, what="a round without hospital-4")
-        time.sleep(2)
+    stuck = cluster.wait_for(waiting_for_it, timeout=60, what="a round without hospital-4")
+    time.sleep(1)
+    assert cluster.state() == stuck, "the round did not wait for hospital-4"
     missed = stuck["round"]
-    assert missed < ROUNDS, f"the kill landed in the last round ({missed}): nothing to rejoin"
     # Freeze the coordinator so the restarted hospital's hello arrives after that deadline
     # but before the next round can close without it.
     cluster.signal("coordinator", signal.SIGSTOP)
@@ -170,8 +227,123 @@ def test_a_hospital_killed_mid_round_is_left_out_then_rejoins(
         cluster.signal("coordinator", signal.SIGCONT)
     state = assert_completed(cluster, reference=None)
     accepted = [set(r["accepted"]) for r in state["history"]]
+    assert missed == 2 and accepted[0] == others | {"hospital-4"}
     assert accepted[missed - 1] == others  # closed on quorum (3 of 4) at the deadline
     assert all(a == others | {"hospital-4"} for a in accepted[missed:])  # back right after
+
+
+@dataclass
+class LeavesAfter:
+    """The trainer of an embedded run, where the hospital training on ``leaver`` (its training
+    set) is gone after ``rounds`` rounds: its later fits fail, so the others go on without it."""
+
+    trainer: Trainer
+    leaver: np.ndarray
+    rounds: int
+    fits: int = field(default=0, init=False)
+
+    def fit(self, weights: np.ndarray, x: np.ndarray, y: np.ndarray, *, seed: int) -> FitResult:
+        if x is self.leaver:
+            self.fits += 1
+            if self.fits > self.rounds:
+                raise TrainingError(f"gone after round {self.rounds}")
+        return self.trainer.fit(weights, x, y, seed=seed)
+
+    def evaluate(self, weights: np.ndarray, x: np.ndarray, y: np.ndarray) -> Metrics:
+        return self.trainer.evaluate(weights, x, y)
+
+    def save_model(self, weights: np.ndarray, path: Path, metrics: Metrics | None) -> None:
+        self.trainer.save_model(weights, path, metrics)
+
+
+def freeze_once_ready(cluster: ProcessCluster, victim: str, *, gate: str) -> int:
+    """SIGSTOP ``victim`` in the first round from 2 on where it said it is ready before the
+    participant set was fixed; return that round.
+
+    The set is fixed once every present hospital is ready, so ``gate`` is frozen from its upload
+    of the round before until ``victim`` is frozen: the set cannot be fixed in between. A round
+    where ``gate`` was already ready when frozen is skipped."""
+    for round_ in range(2, ROUNDS + 1):
+        cluster.wait_log(gate, rf"update_submitted .*round={round_ - 1}\b", timeout=120)
+        cluster.signal(gate, signal.SIGSTOP)
+        try:
+            if re.search(rf"update_ready .*round={round_}\b", cluster.log(gate)):
+                continue  # frozen too late
+            cluster.wait_log(victim, rf"update_ready .*round={round_}\b", timeout=60)
+            cluster.signal(victim, signal.SIGSTOP)
+            return round_
+        finally:
+            cluster.signal(gate, signal.SIGCONT)
+    raise AssertionError(f"{gate} could not be frozen before it was ready\n{cluster.tail_logs()}")
+
+
+def test_a_hospital_killed_after_the_participants_were_fixed_is_dropped_and_the_rest_is_fedavg(
+    cluster: ProcessCluster,
+    tmp_path: Path,
+) -> None:
+    survivors = ("hospital-1", "hospital-2", "hospital-3")
+    for name in cluster.names:
+        cluster.start_hospital(name)
+    for name in cluster.names:  # so that round 1 waits for no hospital's TensorFlow import
+        cluster.wait_log(name, "amqp_waiting_for_topology", timeout=120)  # for the coordinator
+    cluster.start_coordinator(
+        "--min-hospitals", "3", "--round-timeout", "15", "--mask-timeout", MASK_TIMEOUT
+    )
+    dropped = freeze_once_ready(cluster, "hospital-4", gate="hospital-1")
+    cluster.wait_log(
+        "coordinator",
+        rf"participants_fixed .*round={dropped} attempt=1 participants=4\b",
+        timeout=30,
+    )
+    cluster.kill("hospital-4")  # in the fixed set, it never uploads
+    assert not re.search(rf"update_submitted .*round={dropped}\b", cluster.log("hospital-4")), (
+        f"hospital-4 uploaded in round {dropped} before it was frozen"
+    )
+
+    assert cluster.wait_exit("coordinator", timeout=120) == 0, cluster.tail_logs()
+    for name in survivors:
+        assert cluster.wait_exit(name, timeout=60) == 0, cluster.tail_logs()
+    state = cluster.state()
+    assert state is not None and state["phase"] == "done"
+    history = state["history"]
+    assert [r["round"] for r in history] == list(range(1, ROUNDS + 1))
+    record = history[dropped - 1]
+    assert record["attempts"] == 2
+    assert set(record["accepted"]) == set(survivors) and record["failed"] == ["hospital-4"]
+    assert all(len(r["accepted"]) == 4 for r in history[: dropped - 1])
+    assert all(set(r["accepted"]) == set(survivors) for r in history[dropped:])
+    assert cluster.summary()["rounds"][dropped - 1]["attempts"] == 2
+    log = cluster.log("coordinator")
+    assert f"participants_dropped run={cluster.run} round={dropped} missing=hospital-4" in log
+    assert re.search(rf"participants_fixed .*round={dropped} attempt=2 participants=3\b", log)
+
+    # The same schedule embedded: hospital-4 takes part until the round before, then not.
+    cohort = shard_cohort(cluster)
+    leaver = cohort.data[cohort.names.index("hospital-4")].x_train
+
+    def trainers(model: ModelConfig, n_features: int) -> Trainer:
+        return LeavesAfter(keras_trainer(model, n_features), leaver, dropped - 1)
+
+    encrypted = embedded_run(
+        cluster, tmp_path / "embedded", cohort, min_hospitals=3, trainer_for=trainers
+    )
+    plaintext = embedded_run(
+        cluster,
+        tmp_path / "plaintext",
+        cohort,
+        plaintext=True,
+        min_hospitals=3,
+        trainer_for=trainers,
+    )
+    for reference in (encrypted, plaintext):
+        assert [set(r.accepted) for r in reference.rounds] == [set(r["accepted"]) for r in history]
+    plaintext_auc = pooled_auc(cohort, plaintext.weights)
+    for name in survivors:
+        final = cluster.final_weights(name)
+        np.testing.assert_allclose(final, encrypted.weights, rtol=0, atol=1e-6)  # measured: 0
+        # BFV's fixed-point encoding is all that separates it from plaintext FedAvg (~6e-6).
+        np.testing.assert_allclose(final, plaintext.weights, rtol=0, atol=5e-5)
+        assert abs(pooled_auc(cohort, final) - plaintext_auc) <= 0.001
 
 
 def test_a_restarted_coordinator_resumes_and_loses_nothing(
@@ -206,6 +378,9 @@ def test_bad_input_on_the_live_broker_is_rejected_and_the_run_is_right(
     cluster: ProcessCluster,
     tmp_path: Path,
 ) -> None:
+    # Unmasked: the forged updates below come before any participant set is fixed, where a
+    # masked run refuses them all as "not-a-participant" (tests/protocol) before these checks.
+    cluster.masking = False
     keys = KeyLayout(cluster.keys)
     store = LocalStore(cluster.store)
     cluster.start_coordinator()
@@ -284,8 +459,9 @@ def test_bad_input_on_the_live_broker_is_rejected_and_the_run_is_right(
 
 
 class Insider:
-    """hospital-4 played by the test: its own broker login, signing key and HE bundle, answering
-    every round with a blob whose header lies (a different lie each round)."""
+    """hospital-4 played by the test: its own broker login, signing key and HE bundle. It says it
+    is ready every round, and once named in the participant set uploads a blob whose header lies
+    (a different lie each round)."""
 
     LIES: ClassVar[dict[int, str]] = {
         1: "blob-summands",
@@ -302,7 +478,8 @@ class Insider:
         self.cipher = open_cipher(keys.he_hospital)
         self.store = LocalStore(cluster.store)
         self.values = 0
-        self.answered: set[int] = set()
+        self.ready: set[int] = set()
+        self.answered: set[tuple[int, int]] = set()
         self.done = threading.Event()
         self.bus = RabbitMQTransport(
             url=cluster.broker_url("hospital-4"),
@@ -331,12 +508,20 @@ class Insider:
     def handle(self, body: bytes) -> None:
         message = self.codec.decode(body)
         run = self.cluster.run
-        if isinstance(message, RoundStarted) and message.round not in self.answered:
-            self.answered.add(message.round)  # re-announcements (hellos) are not new rounds
+        if isinstance(message, RoundStarted) and message.round not in self.ready:
+            self.ready.add(message.round)  # re-announcements (hellos) are not new rounds
             if message.global_ref is not None:  # learn the model size from the aggregate
                 self.values = self.cipher.decrypt(self.store.get(message.global_ref)).shape[0]
             elif not self.values:
                 self.values = 10  # round 1: any size will do for the lies of round 1
+            ready = UpdateReady(run=run, round=message.round, hospital="hospital-4")
+            self.bus.publish(SUBMIT, self.codec.encode(ready))
+        elif (
+            isinstance(message, ParticipantsFixed)
+            and "hospital-4" in message.participants
+            and (message.round, message.attempt) not in self.answered
+        ):
+            self.answered.add((message.round, message.attempt))
             blob = self.craft(message.round)
             key = layout.update_key(run, message.round, "hospital-4")
             self.store.put(key, blob)
@@ -346,6 +531,7 @@ class Insider:
                 hospital="hospital-4",
                 blob_ref=key,
                 sha256=sha256_hex(blob),
+                attempt=message.attempt,
             )
             self.bus.publish(SUBMIT, self.codec.encode(submitted))
         elif isinstance(message, RunFinished):
@@ -385,6 +571,8 @@ def test_an_insider_on_the_live_broker_is_refused_and_the_others_model_is_unchan
     assert state["rejected"] == {reason: 1 for reason in Insider.LIES.values()}
     assert [set(r["accepted"]) for r in state["history"]] == [set(honest)] * ROUNDS
     assert [r["failed"] for r in state["history"]] == [["hospital-4"]] * ROUNDS
+    # Its refused upload ends the first attempt at once: the honest three mask afresh.
+    assert [r["attempts"] for r in state["history"]] == [2] * ROUNDS
     log = cluster.log("coordinator")
     for reason in Insider.LIES.values():
         assert f"reason={reason}" in log
