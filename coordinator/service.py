@@ -205,6 +205,8 @@ class Coordinator:
         reason = sm.judge_ready(self.plan, self.state, msg.run, msg.round, msg.hospital)
         if reason == "duplicate" and msg.hospital in self.state.ready:
             return  # at-least-once delivery
+        if reason == "late":  # alive, after the set was fixed: the next round waits for it
+            self.state = sm.with_hello(self.state, msg.hospital)
         if reason:
             self._reject(reason, f"readiness of {msg.hospital} for round {msg.round}")
             return

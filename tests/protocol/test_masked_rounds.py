@@ -19,7 +19,7 @@ from common.crypto.aggregator import Aggregator
 from common.crypto.masking import Cohort, Masker, PairwiseMasks
 from common.errors import BlobError, ValueRangeError
 from common.protocol import layout
-from common.protocol.messages import ParticipantsFixed, UpdateFailed, UpdateSubmitted
+from common.protocol.messages import ParticipantsFixed, UpdateFailed, UpdateReady, UpdateSubmitted
 from common.store import InMemoryStore
 from common.transport import ANNOUNCE
 from hospital_node.service import Hospital
@@ -292,3 +292,19 @@ def test_a_hospital_that_masks_wrongly_turns_the_sum_into_noise_and_the_run_stop
     assert "round 2" in error and "h1, h2, h3, h4" in error, error
     assert "(the others failed)" in error and "is beyond" in error  # the sum is noise
     assert all(h.final_weights is None for h in cluster.hospitals.values())
+
+
+def test_a_hospital_ready_after_the_set_is_fixed_is_waited_for_next_round(keys: Path) -> None:
+    cluster = masked_cluster(keys, rounds=2, expected_hospitals=3)
+    for name in ("h1", "h2", "h3"):
+        cluster.add_hospital(name, cipher=open_cipher(keys / "hospital"))
+    coordinator = cluster.start_coordinator(open_aggregator(keys / "coordinator"))
+    while not coordinator.state.participants:
+        assert cluster.transport.deliver_all(limit=1), "the set was never fixed"
+    late = UpdateReady(run="run-1", round=1, hospital="h4")
+    coordinator.handle(codec("h4").encode(late), "h4")
+    assert coordinator.state.rejected == {"late": 1} and "h4" in coordinator.state.roster
+    cluster.add_hospital("h4", cipher=open_cipher(keys / "hospital"))  # answers from round 2
+    cluster.run_to_end()
+    assert coordinator.state.phase == "done"
+    assert [r.accepted for r in coordinator.state.history] == [("h1", "h2", "h3"), FOUR]
