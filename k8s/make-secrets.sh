@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Create the cluster's Secrets once (`make k8s-deploy` runs this before `kubectl apply -k k8s/`).
 # `hefl keys-k8s-secrets` prints them all and decides what each holds:
-#   hefl-coordinator-keys      the coordinator's keys (never a secret key)
-#   hefl-hospital-K-keys       site hospital-K's keys: the HE bundle, trust and ITS OWN signing key
+#   hefl-coordinator-keys      the coordinator's keys (never a secret key, no masking key)
+#   hefl-hospital-K-keys       site hospital-K's keys: the HE bundle, trust and ITS OWN identity
+#                              (its signing key and its masking key)
 #   hefl-hospital-K-broker     site hospital-K's broker login (its own RabbitMQ user)
 #   hefl-broker-credentials    the coordinator's broker login, the admin password
 #   hefl-broker-definitions    RabbitMQ users (one per participant), vhost, permissions, topology

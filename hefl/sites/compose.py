@@ -5,7 +5,8 @@ of one site's share) and ``x-hospital-site`` (the site itself). ``override`` rep
 ``hospital-1`` ... ``hospital-N`` into an override file that compose reads after the base file:
 
 - ``keys-hospital-K``: installs hospital-K's share (the hospital HE bundle, ``trust.json`` and
-  its own signing key) from the ceremony's ``hospital-keys`` volume into ``keys-hospital-K``;
+  its own identity file: its signing key and its masking key) from the ceremony's
+  ``hospital-keys`` volume into ``keys-hospital-K``;
 - ``hospital-K``: mounts ``keys-hospital-K`` read-only at ``/keys`` and no other key volume,
   reads its broker password from its own file (a compose secret), and runs as ``HEFL_HOSPITAL``;
 - the coordinator's ``HEFL_PARTICIPANTS``: the identities issued for this cluster (the sites it

@@ -1,23 +1,35 @@
 """Static checks of the container deployment: Kubernetes manifests, Dockerfile, compose file.
 
-Offline and quick (about 15 s): the kustomize base is rendered with ``kubectl kustomize``,
+Offline and quick (about 20 s): the kustomize base is rendered with ``kubectl kustomize``,
 validated against the Kubernetes JSON schemas shipped in kubernetes-validate, scanned with checkov
 (every failed check must be in ``EXPLAINED_SKIPS`` with its reason), and the Dockerfile is
-linted with hadolint. The tools live in ``.venv-tools`` (``make tools-env``); a missing tool
-fails the test with the command that installs it, it never skips.
+linted with hadolint. The settings the manifests and the compose file give each role are parsed
+by hefl's own parser, as the containers' entry point hands them over; the Secrets
+``k8s/make-secrets.sh`` applies are printed by ``hefl keys-k8s-secrets`` and read key by key.
+The tools live in ``.venv-tools`` (``make tools-env``); a missing tool fails the test with the
+command that installs it, it never skips.
 """
 
 from __future__ import annotations
 
+import argparse
+import base64
 import json
 import os
+import re
 import shutil
 import subprocess
+import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from hefl.cli import FLAGS, build_parser
+from tests.containers.keyfiles import SIGNING, keys_in, masking_keys, own_identity, trusted
+from tests.containers.test_compose import MASK_TIMEOUT, ROUND_TIMEOUT
 
 pytestmark = pytest.mark.cluster  # in `make test` (CI) and `make test-cluster`; not in bare pytest
 
@@ -289,3 +301,150 @@ def test_the_compose_file_keeps_every_site_key_out_of_running_containers() -> No
         assert keys == [f"keys-hospital-{k}:/keys:ro"]
     assert all(s.get("read_only") for n, s in services.items() if n != "rabbitmq")
     assert "hospital" not in services
+
+
+# -- what each role is configured with, as hefl parses it ----------------------------------------
+
+#: The entry point (docker/entrypoint.sh): a role's hefl subcommand, given $HEFL_ARGS first.
+ENTRYPOINT = {"coordinator": "coordinator", "hospital": "hospital-replica"}
+ENTRYPOINT_VARIABLES = {"HEFL_ARGS"}  # read by the entry point, not by hefl
+
+
+def hefl_variables(environment: Any) -> set[str]:
+    names = environment if isinstance(environment, dict) else [e["name"] for e in environment]
+    return {name for name in names if name.startswith("HEFL_")}
+
+
+def test_every_hefl_variable_the_manifests_and_the_compose_file_set_is_in_the_flag_table(
+    objects: list[dict[str, Any]],
+) -> None:
+    """hefl ignores a variable it has no flag for: a misspelt one (HEFL_MASK_TIMOUT) would
+    leave the default in place unnoticed. Each one set must be a flag's variable
+    (``hefl/cli/flags.py``, the table of docs/configuration.md)."""
+    from hefl.sites.compose import override
+
+    known = {flag.variable for flag in FLAGS.values()} | ENTRYPOINT_VARIABLES
+    in_k8s = {
+        name
+        for o in objects
+        if o["kind"] == "ConfigMap" and o["metadata"]["name"] in ("hefl-config", "hefl-sites")
+        for name in o["data"]
+    }
+    for workload in (o for o in objects if o["kind"] in ("Deployment", "StatefulSet", "Job")):
+        pod = workload["spec"]["template"]["spec"]
+        for container in pod["containers"] + pod.get("initContainers", []):
+            in_k8s |= hefl_variables(container.get("env", []))
+    base = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
+    services = {**base["services"], **override(base, sites=3, issued=4)["services"]}
+    in_compose = {v for s in services.values() for v in hefl_variables(s.get("environment", {}))}
+    assert {"HEFL_NO_MASKING", "HEFL_MASK_TIMEOUT"} <= in_k8s
+    assert "HEFL_NO_MASKING" in in_compose  # the mask timeout is a flag of the coordinator's
+    assert in_k8s - known == set()
+    assert in_compose - known == set()
+
+
+def parsed(args: list[str], environ: Mapping[str, str]) -> argparse.Namespace:
+    """What ``hefl`` makes of a container's arguments and environment (its entry point's role
+    first), as the container would run it."""
+    role, *rest = args
+    argv = [ENTRYPOINT[role], *environ.get("HEFL_ARGS", "").split(), *rest]
+    return build_parser(environ).parse_args(argv)
+
+
+def pod_settings(
+    objects: list[dict[str, Any]], name: str, config: Mapping[str, str]
+) -> argparse.Namespace:
+    """The settings of a Deployment's main container: its ConfigMaps (``config`` for
+    hefl-config), then its own env, then its arguments."""
+    (container,) = by_kind(objects, "Deployment", name)["spec"]["template"]["spec"]["containers"]
+    environ: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        ref = source["configMapRef"]["name"]
+        environ.update(
+            config if ref == "hefl-config" else by_kind(objects, "ConfigMap", ref)["data"]
+        )
+    environ.update({e["name"]: e["value"] for e in container.get("env", [])})
+    return parsed(container["args"], environ)
+
+
+@pytest.mark.parametrize("no_masking", ["", "1"])
+def test_one_configmap_switches_masking_for_every_role_and_the_mask_deadline_is_short(
+    objects: list[dict[str, Any]], no_masking: str
+) -> None:
+    config = {**by_kind(objects, "ConfigMap", "hefl-config")["data"], "HEFL_NO_MASKING": no_masking}
+    coordinator = pod_settings(objects, "hefl-coordinator", config)
+    roles = [coordinator, *(pod_settings(objects, f"hefl-{s}", config) for s in sites(objects))]
+    assert len(roles) == 5
+    assert {role.no_masking for role in roles} == {no_masking == "1"}  # "": masking on
+    assert 0 < coordinator.mask_timeout < coordinator.round_timeout
+
+
+def interpolate(value: str, shell: Mapping[str, str]) -> str:
+    """Compose's ``${NAME:-default}`` and ``${NAME}`` against the shell's environment."""
+    return re.sub(r"\$\{(\w+)(?::-([^}]*))?\}", lambda m: shell.get(m[1]) or m[2] or "", value)
+
+
+def compose_settings(service: dict[str, Any], shell: Mapping[str, str]) -> argparse.Namespace:
+    environ = {k: interpolate(str(v), shell) for k, v in service["environment"].items()}
+    return parsed([interpolate(str(a), shell) for a in service["command"]], environ)
+
+
+@pytest.mark.parametrize("no_masking", ["", "1"])
+def test_the_compose_file_switches_masking_for_every_role_and_the_mask_deadline_is_short(
+    no_masking: str,
+) -> None:
+    from hefl.sites.compose import override
+
+    base = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
+    sites_ = override(base, sites=3, issued=4)["services"]
+    shell = {"HEFL_NO_MASKING": no_masking}
+    coordinator = compose_settings(base["services"]["coordinator"], shell)
+    roles = [coordinator, *(compose_settings(sites_[f"hospital-{k}"], shell) for k in (1, 2, 3))]
+    assert {role.no_masking for role in roles} == {no_masking == "1"}
+    assert 0 < coordinator.mask_timeout < coordinator.round_timeout  # the defaults
+    # The compose test's settings reach the coordinator: a site killed after it was fixed in a
+    # round's set costs a short mask deadline, not a round's.
+    shell = {"HEFL_ROUND_TIMEOUT": str(ROUND_TIMEOUT), "HEFL_MASK_TIMEOUT": str(MASK_TIMEOUT)}
+    timed = compose_settings(base["services"]["coordinator"], shell)
+    assert (timed.round_timeout, timed.mask_timeout) == (ROUND_TIMEOUT, MASK_TIMEOUT)
+    assert MASK_TIMEOUT < ROUND_TIMEOUT
+
+
+def test_each_site_secret_holds_its_own_signing_and_masking_key_the_coordinator_no_masking_key(
+    objects: list[dict[str, Any]],
+) -> None:
+    """``hefl keys-k8s-secrets`` (what k8s/make-secrets.sh applies), read key by key: each
+    site's Secret (the one its pod mounts) holds exactly one identity, its own: its Ed25519
+    signing key and its X25519 masking key, no other site's; the coordinator's holds its own
+    signing key alone."""
+    done = subprocess.run(
+        [sys.executable, "-m", "hefl", "keys-k8s-secrets", "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env=dict(os.environ, HEFL_HOSPITALS=str(len(sites(objects)))),
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    secrets = {
+        item["metadata"]["name"]: {k: base64.b64decode(v) for k, v in item["data"].items()}
+        for item in json.loads(done.stdout)["items"]
+    }
+    trust = trusted(secrets["hefl-coordinator-keys"]["trust.json"])
+    assert sorted(masking_keys(trust)) == sorted(sites(objects))
+    assert len(set(masking_keys(trust).values())) == len(sites(objects))
+    holders = {"hefl-coordinator": "coordinator", **{f"hefl-{s}": s for s in sites(objects)}}
+    for workload, name in holders.items():
+        (secret,) = [
+            n
+            for n in mounted_secrets(by_kind(objects, "Deployment", workload))
+            if n.endswith("-keys")
+        ]
+        data = secrets[secret]
+        assert trusted(data["trust.json"]) == trust
+        found = sorted(
+            key for file, content in data.items() for key in keys_in(f"{secret}/{file}", content)
+        )
+        assert found == own_identity(f"{secret}/identity.{name}.pem", name, trust), name
+    coordinator = secrets["hefl-coordinator-keys"]
+    assert [k.algorithm for k in keys_in("", coordinator["identity.coordinator.pem"])] == [SIGNING]
