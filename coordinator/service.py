@@ -205,8 +205,12 @@ class Coordinator:
         reason = sm.judge_ready(self.plan, self.state, msg.run, msg.round, msg.hospital)
         if reason == "duplicate" and msg.hospital in self.state.ready:
             return  # at-least-once delivery
-        if reason == "late":  # alive, after the set was fixed: the next round waits for it
+        if reason == "late":
+            # An honest newcomer: it trained for a round whose set was already fixed (the
+            # re-announcement it joined on). Not a rejection; the next round waits for it.
             self.state = sm.with_hello(self.state, msg.hospital)
+            self._log("ready_too_late", hospital=msg.hospital, for_round=msg.round)
+            return
         if reason:
             self._reject(reason, f"readiness of {msg.hospital} for round {msg.round}")
             return
