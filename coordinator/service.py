@@ -15,6 +15,12 @@ message inside; a restarted coordinator checks its signature, re-verifies every 
 hospital's key and re-adds the blobs. The operator's summary (per-hospital metrics) is there too;
 the shared store gets only the aggregates and a public summary of aggregate metrics. Rejection
 counters are saved in batches, so a flood of garbage costs no write per message.
+
+In a masked run (``plan.masking``) hospitals first say ``UpdateReady``; the coordinator fixes and
+signs the round's participant set (``ParticipantsFixed``) and accepts only uploads masked for
+that set. When a participant fails or misses the mask deadline, the attempt's partial sum is
+dropped (it holds masks of the missing one) and those that uploaded are fixed as the next
+attempt's set, to mask their trained update afresh.
 """
 
 from __future__ import annotations
@@ -316,6 +322,10 @@ class Coordinator:
         key = layout.aggregate_key(self.plan.run, closed)
         self._store.put(key, aggregate)
         contributed = [entry.blob_ref for entry in self.state.accepted]
+        # Participants dropped from a masked round may have left an upload of an earlier
+        # attempt (masked for a set that never completed): it goes too.
+        dropped = set(self.state.ready) - set(self.state.accepted_hospitals)
+        contributed += [layout.update_key(self.plan.run, closed, h) for h in sorted(dropped)]
         self.state = sm.close_round(
             self.plan,
             self.state,

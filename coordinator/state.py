@@ -190,8 +190,6 @@ def judge_submission(
         return "late"
     if round_ > state.round:
         return "future-round"
-    if hospital in state.accepted_hospitals or hospital in state.failed:
-        return "duplicate"
     if attempt is not None and plan.masking:
         if attempt != state.attempt:
             return "other-attempt"
@@ -199,6 +197,8 @@ def judge_submission(
             return "not-a-participant"
     elif attempt:
         return "other-attempt"  # a masked update in an unmasked run
+    if hospital in state.accepted_hospitals or hospital in state.failed:
+        return "duplicate"
     return ""
 
 

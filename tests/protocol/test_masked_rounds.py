@@ -308,3 +308,29 @@ def test_a_hospital_ready_after_the_set_is_fixed_is_waited_for_next_round(keys: 
     cluster.run_to_end()
     assert coordinator.state.phase == "done"
     assert [r.accepted for r in coordinator.state.history] == [("h1", "h2", "h3"), FOUR]
+
+
+def test_an_upload_of_a_failed_attempt_is_refused_and_deleted_with_the_round(keys: Path) -> None:
+    class Slow(GoneAfterReady):
+        """Ready in time, but its upload for the set comes after the mask deadline."""
+
+    store = CopyingStore()
+    cluster = masked_cluster(keys, store, rounds=1)
+    add_all(cluster, keys, h4=Slow)
+    coordinator = cluster.start_coordinator(open_aggregator(keys / "coordinator"))
+    cluster.transport.deliver_all()
+    cluster.now[0] += 31.0
+    coordinator.tick()  # h4 is dropped; h1..h3 mask afresh
+    slow = cluster.hospitals["h4"]
+    assert isinstance(slow, Slow) and slow.fixed_seen is not None
+    cluster.now[0] -= 31.0  # it started masking in time; its upload lands after the re-fix
+    Hospital._on_participants(slow, slow.fixed_seen)
+    cluster.now[0] += 31.0
+    key = layout.update_key("run-1", 1, "h4")
+    assert store.exists(key)
+    cluster.run_to_end()
+    assert coordinator.state.phase == "done"
+    assert coordinator.state.rejected == {"other-attempt": 1}
+    assert coordinator.state.history[0].accepted == ("h1", "h2", "h3")
+    assert not store.exists(key)  # not left behind for anyone to difference against
+    assert [k for k in store.list("runs/") if "/updates/" in k] == []
