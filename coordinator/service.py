@@ -25,7 +25,6 @@ attempt's set, to mask their trained update afresh.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -53,6 +52,7 @@ from common.protocol.signing import MessageCodec, SignatureError
 from common.store import Store, get_verified, sha256_hex
 from common.transport import ANNOUNCE, SUBMIT, Transport
 from coordinator import state as sm
+from coordinator import summary as summaries
 
 logger = logging.getLogger("hefl.coordinator")
 
@@ -469,54 +469,16 @@ class Coordinator:
         self._saved_at = self._clock()
 
     def summary(self) -> dict[str, Any]:
-        """Metrics, timings and bytes moved: everything the coordinator may say in plaintext."""
-        return {
-            "run": self.plan.run,
-            "phase": self.state.phase,
-            "error": self.state.error,
-            "rounds": [
-                {
-                    "round": r.round,
-                    "accepted": list(r.accepted),
-                    "failed": list(r.failed),
-                    "seconds": r.seconds,
-                    "attempts": r.attempts,
-                    "bytes_uploaded": r.bytes_uploaded,
-                    "train_loss": r.train_loss,
-                    "holdout_metrics_mean": r.model_metrics,
-                    "holdout_metrics_by_hospital": r.hospital_metrics,
-                    "aggregate": r.aggregate_ref,
-                }
-                for r in self.state.history
-            ],
-            "rejected": dict(self.state.rejected),
-        }
-
-    def public_summary(self) -> dict[str, Any]:
-        """What hospitals may read: per round, the contributor count and aggregate metrics."""
-        return {
-            "run": self.plan.run,
-            "phase": self.state.phase,
-            "rounds": [
-                {
-                    "round": r.round,
-                    "contributors": len(r.accepted),
-                    "seconds": r.seconds,
-                    "train_loss": r.train_loss,
-                    "holdout_metrics_mean": r.model_metrics,
-                    "aggregate": r.aggregate_ref,
-                }
-                for r in self.state.history
-            ],
-        }
+        """The operator's summary (``coordinator.summary.operator_summary``)."""
+        return summaries.operator_summary(self.plan, self.state)
 
     def _write_summary(self) -> None:
-        body = json.dumps(self.summary(), indent=1, allow_nan=False, default=str).encode()
+        body = summaries.to_bytes(self.summary())
         self._state_store.put(layout.summary_key(self.plan.run), body)
         self._write_public_summary()
 
     def _write_public_summary(self) -> None:
-        body = json.dumps(self.public_summary(), indent=1, allow_nan=False, default=str).encode()
+        body = summaries.to_bytes(summaries.public_summary(self.plan, self.state))
         self._store.put(layout.public_summary_key(self.plan.run), body)
 
     def _report_progress(self, record: sm.RoundRecord) -> None:
