@@ -205,6 +205,13 @@ class Coordinator:
         if joined is not self.state:  # with_hello returns its argument when nothing changes
             self.state = joined
             self._persist()
+        fixed_without = self.state.participants and msg.hospital not in self.state.participants
+        if fixed_without and msg.run == self.plan.run:
+            # The round's set is fixed without it: it would train for nothing. It is on the
+            # roster now, and the next announcement reaches it. (One that follows whatever
+            # run is announced still gets this one: it learns the run id from it.)
+            self._log("hello_after_fix", hospital=msg.hospital)
+            return
         self._announce()
 
     def _on_ready(self, msg: UpdateReady) -> None:

@@ -19,7 +19,13 @@ from common.crypto.aggregator import Aggregator
 from common.crypto.masking import Cohort, Masker, PairwiseMasks
 from common.errors import BlobError, ValueRangeError
 from common.protocol import layout
-from common.protocol.messages import ParticipantsFixed, UpdateFailed, UpdateReady, UpdateSubmitted
+from common.protocol.messages import (
+    Hello,
+    ParticipantsFixed,
+    UpdateFailed,
+    UpdateReady,
+    UpdateSubmitted,
+)
 from common.store import InMemoryStore
 from common.transport import ANNOUNCE
 from hospital_node.service import Hospital
@@ -334,3 +340,22 @@ def test_an_upload_of_a_failed_attempt_is_refused_and_deleted_with_the_round(key
     assert coordinator.state.history[0].accepted == ("h1", "h2", "h3")
     assert not store.exists(key)  # not left behind for anyone to difference against
     assert [k for k in store.list("runs/") if "/updates/" in k] == []
+
+
+def test_a_newcomer_is_not_announced_a_round_whose_set_is_fixed(keys: Path) -> None:
+    cluster = masked_cluster(keys, rounds=2, expected_hospitals=3)
+    for name in ("h1", "h2", "h3"):
+        cluster.add_hospital(name, cipher=RecordingCipher(open_cipher(keys / "hospital")))
+    coordinator = cluster.start_coordinator(open_aggregator(keys / "coordinator"))
+    while not coordinator.state.participants:
+        assert cluster.transport.deliver_all(limit=1), "the set was never fixed"
+    announced = cluster.transport.published[ANNOUNCE]
+    cluster.add_hospital("h4", cipher=RecordingCipher(open_cipher(keys / "hospital")))
+    coordinator.handle(codec("h4").encode(Hello(run="run-1", hospital="h4")), "h4")
+    assert cluster.transport.published[ANNOUNCE] == announced  # no re-announcement
+    assert "h4" in coordinator.state.roster
+    cluster.run_to_end()
+    assert coordinator.state.phase == "done" and coordinator.state.rejected == {}
+    assert [r.accepted for r in coordinator.state.history] == [("h1", "h2", "h3"), FOUR]
+    newcomer = cluster.hospitals["h4"]._cipher  # type: ignore[attr-defined]
+    assert len(newcomer.encrypted) == 1  # it trained and uploaded for round 2 only
