@@ -201,10 +201,7 @@ class Coordinator:
             return
         self._hello_at[msg.hospital] = now
         self._log("hello", hospital=msg.hospital)
-        joined = sm.with_hello(self.state, msg.hospital)
-        if joined is not self.state:  # with_hello returns its argument when nothing changes
-            self.state = joined
-            self._persist()
+        self._join(msg.hospital)
         fixed_without = self.state.participants and msg.hospital not in self.state.participants
         if fixed_without and msg.run == self.plan.run:
             # The round's set is fixed without it: it would train for nothing. It is on the
@@ -214,6 +211,13 @@ class Coordinator:
             return
         self._announce()
 
+    def _join(self, hospital: str) -> None:
+        """``hospital`` is alive: on the roster through this round's close, persisted."""
+        joined = sm.with_hello(self.state, hospital)
+        if joined is not self.state:  # with_hello returns its argument when nothing changes
+            self.state = joined
+            self._persist()
+
     def _on_ready(self, msg: UpdateReady) -> None:
         reason = sm.judge_ready(self.plan, self.state, msg.run, msg.round, msg.hospital)
         if reason == "duplicate" and msg.hospital in self.state.ready:
@@ -221,7 +225,7 @@ class Coordinator:
         if reason == "late":
             # An honest newcomer: it trained for a round whose set was already fixed (the
             # re-announcement it joined on). Not a rejection; the next round waits for it.
-            self.state = sm.with_hello(self.state, msg.hospital)
+            self._join(msg.hospital)
             self._log("ready_too_late", hospital=msg.hospital, for_round=msg.round)
             return
         if reason:
@@ -363,10 +367,11 @@ class Coordinator:
     def _fix_participants(self, decision: str, now: float) -> None:
         """Fix who masks with whom; after a dropout, the ones that uploaded mask afresh."""
         if decision == "refix":
-            missing = sorted(set(self.state.participants) - set(self.state.accepted_hospitals))
+            before = self.state.participants
             self.state = sm.refix_participants(self.plan, self.state, now)
             self._sum = self._aggregator.new_sum()  # it holds masks of the missing ones
-            self._log("participants_dropped", level=logging.WARNING, missing=",".join(missing))
+            missing = ",".join(h for h in before if h not in self.state.participants)
+            self._log("participants_dropped", level=logging.WARNING, missing=missing)
         else:
             self.state = sm.fix_participants(self.plan, self.state, now)
         self._persist()

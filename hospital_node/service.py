@@ -60,7 +60,7 @@ logger = logging.getLogger("hefl.hospital")
 
 @dataclass(frozen=True)
 class _Trained:
-    """A masked run's trained update, kept until the round's participant set is fixed."""
+    """A trained update and its metrics (a masked run keeps it until its participants are fixed)."""
 
     round: int
     payload: np.ndarray
@@ -221,7 +221,7 @@ class Hospital:
             )
             started = time.perf_counter()
             mask = self._masks.for_cohort(cohort)
-            reply = self._upload(msg.round, trained.payload, trained.metrics, mask, msg.attempt)
+            reply = self._upload(trained, mask, msg.attempt)
         except HeflError as exc:
             self._report_failure(msg.round, exc)
             return
@@ -255,31 +255,25 @@ class Hospital:
         fit = self._trainer.fit(
             weights, d.x_train, d.y_train, seed=training_seed(self._seed, msg.round, self.hospital)
         )
-        payload = weighted_payload(fit.weights, fit.n)
         metrics = {
             "auc": held_out.auc,
             "accuracy": held_out.accuracy,
             "loss": held_out.loss,
             "train_loss": fit.loss,
         }
-        if self._masks is not None:
-            self._trained = _Trained(msg.round, payload, metrics)
-            return self._codec.encode(
-                UpdateReady(run=self.run, round=msg.round, hospital=self.hospital)
-            )
-        return self._upload(msg.round, payload, metrics, None, 0)
+        trained = _Trained(msg.round, weighted_payload(fit.weights, fit.n), metrics)
+        if self._masks is None:
+            return self._upload(trained)
+        self._trained = trained
+        return self._codec.encode(
+            UpdateReady(run=self.run, round=msg.round, hospital=self.hospital)
+        )
 
-    def _upload(
-        self,
-        round_: int,
-        payload: np.ndarray,
-        metrics: dict[str, float],
-        mask: Masker | None,
-        attempt: int,
-    ) -> bytes:
-        """Encrypt (and mask) ``payload``, put it in the store; the signed message naming it."""
+    def _upload(self, trained: _Trained, mask: Masker | None = None, attempt: int = 0) -> bytes:
+        """Encrypt (and mask) the update, put it in the store; the signed message naming it."""
+        round_ = trained.round
         binding = Binding(run=self.run, round=round_, sender=self.hospital)
-        blob = self._cipher.encrypt(payload, binding=binding, mask=mask)
+        blob = self._cipher.encrypt(trained.payload, binding=binding, mask=mask)
         key = layout.update_key(self.run, round_, self.hospital)
         self._store.put(key, blob)
         return self._codec.encode(
@@ -290,7 +284,7 @@ class Hospital:
                 blob_ref=key,
                 sha256=sha256_hex(blob),
                 attempt=attempt,
-                metrics=metrics,
+                metrics=trained.metrics,
             )
         )
 

@@ -211,13 +211,7 @@ class MessageCodec:
     def __init__(self, identity: Identity, trust: Trust) -> None:
         if identity.name not in trust.keys:
             raise KeyBundleError(f"{identity.name} is not in the trust file")
-        expected = trust.keys[identity.name][1].public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw
-        )
-        mine = identity.key.public_key().public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw
-        )
-        if expected != mine:
+        if _raw(trust.keys[identity.name][1]) != _raw(identity.key.public_key()):
             raise KeyBundleError(f"the signing key of {identity.name} does not match trust.json")
         if identity.masking is not None:
             public = trust.masking.get(identity.name)
