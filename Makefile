@@ -76,7 +76,7 @@ bench-masking: bench-install
 
 # The whole suite, container and Kubernetes tests included (`-m ""` lifts pyproject's default
 # `-m "not cluster"`, which keeps a plain `pytest` free of the Docker engine).
-test: install bench-install tff-env broker cluster-env
+test: install bench-install tff-env broker cluster-env monitor-env
 	HEFL_TFF_VENV=$(abspath $(TFF_VENV)) $(BIN)/python -m pytest -m "" $(PYTEST_ARGS)
 
 tff-env:
@@ -84,6 +84,11 @@ tff-env:
 
 demo-tff: install tff-env
 	HEFL_TFF_VENV=$(abspath $(TFF_VENV)) $(BIN)/hefl simulate --engine tff --out out/tff $(DEMO_ARGS)
+
+# Debian's chromium and prometheus for the tests (screenshots, a real scrape); root installs.
+.PHONY: monitor-env
+monitor-env:
+	bash tools/monitor_env.sh
 
 # A local RabbitMQ for the tests (Debian's rabbitmq-server; installs it when missing and root).
 broker:

@@ -34,6 +34,7 @@ from common.crypto import AGGREGATE, Aggregator, Binding, BlobHeader, RunningSum
 from common.crypto.blob import COORDINATOR_SENDER
 from common.errors import BlobTooLargeError, HeflError, ProtocolError, StoreError
 from common.logs import log_event
+from common.observe import Family
 from common.protocol import layout
 from common.protocol.messages import (
     FOLLOW_RUN,
@@ -52,6 +53,7 @@ from common.protocol.signing import MessageCodec, SignatureError
 from common.store import Store, get_verified, sha256_hex
 from common.transport import ANNOUNCE, SUBMIT, Transport
 from coordinator import state as sm
+from coordinator import status as statuses
 from coordinator import summary as summaries
 
 logger = logging.getLogger("hefl.coordinator")
@@ -98,6 +100,8 @@ class Coordinator:
         self._max_blob = aggregator.spec.max_blob_bytes(plan.value_count)
         self._sum: RunningSum = aggregator.new_sum()
         self._hello_at: dict[str, float] = {}
+        self._seen: dict[str, float] = {}  # when each hospital's last signed message came
+        self.meter = statuses.Meter()
         self._failures: dict[str, str] = {}  # this round's UpdateFailed errors, for the operator
         self._unsaved_rejections = False
         self._saved_at = -float("inf")
@@ -162,6 +166,7 @@ class Coordinator:
             # a relayed or replayed message. Only a site's own login may speak for it.
             self._reject("sender-mismatch", f"{sender} sent a message of {speaker}")
             return
+        self._seen[sender] = self._clock()
         try:
             self._dispatch(message, body)
         except HeflError as exc:
@@ -260,7 +265,10 @@ class Coordinator:
         if reason:
             self._refuse_blob(msg, reason, f"{msg.hospital}'s blob {msg.blob_ref}")
             return
+        self.meter.bytes_received += len(blob)
+        started = time.perf_counter()
         self._sum.add(blob)
+        self.meter.aggregation_seconds += time.perf_counter() - started
         entry = sm.Accepted(
             hospital=msg.hospital,
             blob_ref=msg.blob_ref,
@@ -329,9 +337,12 @@ class Coordinator:
     def _close_round(self, now: float) -> None:
         closed = self.state.round
         binding = Binding(run=self.plan.run, round=closed, sender=COORDINATOR_SENDER)
+        started = time.perf_counter()
         aggregate = self._sum.to_blob(AGGREGATE, binding)
         key = layout.aggregate_key(self.plan.run, closed)
         self._store.put(key, aggregate)
+        self.meter.aggregation_seconds += time.perf_counter() - started
+        self.meter.bytes_sent += len(aggregate)
         contributed = [entry.blob_ref for entry in self.state.accepted]
         # Participants dropped from a masked round may have left an upload of an earlier
         # attempt (masked for a set that never completed): it goes too.
@@ -492,6 +503,18 @@ class Coordinator:
     def _write_public_summary(self) -> None:
         body = summaries.to_bytes(summaries.public_summary(self.plan, self.state))
         self._store.put(layout.public_summary_key(self.plan.run), body)
+        self.meter.bytes_sent += len(body)
+
+    def status(self) -> dict[str, Any]:
+        """The operator's live view (``coordinator.status.status``); safe from another thread:
+        it reads the current immutable state and copies of the running totals."""
+        return statuses.status(
+            self.plan, self.state, seen=dict(self._seen), meter=self.meter, now=self._clock()
+        )
+
+    def metric_families(self) -> list[Family]:
+        """The run's Prometheus metrics (no hospital named in any)."""
+        return statuses.metric_families(self.plan, self.state, meter=self.meter)
 
     def _report_progress(self, record: sm.RoundRecord) -> None:
         if self._on_progress is not None:

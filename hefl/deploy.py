@@ -31,15 +31,18 @@ from common.errors import ConfigError, HeflError
 from common.fedavg import DEFAULT_SANITY, Sanity, payload_size
 from common.logs import log_event
 from common.model import ModelConfig, initial_weights, parameter_count
+from common.observe import HttpEndpoint, Route
 from common.protocol import layout as store_layout
 from common.protocol.runconfig import new_run_id, run_config_digest
 from common.protocol.signing import COORDINATOR, MessageCodec
 from common.store import LocalStore
 from common.store.url import open_store
 from common.transport.rabbitmq import RabbitMQTransport
+from coordinator.endpoint import status_routes
 from coordinator.service import Coordinator
 from coordinator.state import RoundRecord, RunPlan, RunState
 from hefl.keylayout import KeyLayout
+from hospital_node.metrics import HospitalMeter, metrics_routes
 from hospital_node.service import Hospital
 from hospital_node.trainer import TrainerFactory, keras_trainer
 
@@ -83,6 +86,16 @@ class Endpoints:
     broker: str
     prefix: str = "hefl"
     broker_ca: Path | None = None  # the private CA of an amqps:// broker (the key ceremony's)
+    http_host: str = "127.0.0.1"
+    http_port: int | None = None  # None: no HTTP endpoint
+
+    def serve_http(self, routes: dict[str, Route], who: str) -> HttpEndpoint | None:
+        """Start this process's read-only HTTP endpoint, if one was asked for."""
+        if self.http_port is None:
+            return None
+        endpoint = HttpEndpoint(routes, host=self.http_host, port=self.http_port).start()
+        print(f"{who}: serving {', '.join(routes)} at {endpoint.url}", flush=True)
+        return endpoint
 
     def transport(self, identity: str, senders: tuple[str, ...]) -> RabbitMQTransport:
         """``identity``'s broker connection, accepting messages only from ``senders``."""
@@ -146,6 +159,7 @@ def run_coordinator(
     state_dir: Path,
     keep_updates: bool = False,
     mask_timeout: float | None = None,
+    http_linger: float = 0.0,
 ) -> int:
     """Run (or resume) one federated run to its end; 0 when done, 1 when it failed."""
     layout = KeyLayout(endpoints.keys)
@@ -171,6 +185,7 @@ def run_coordinator(
     stop = threading.Event()
     _stop_on_signals(stop)
     transport = endpoints.transport(COORDINATOR, senders=plan.hospitals)
+    endpoint: HttpEndpoint | None = None
     try:
         coordinator = Coordinator(
             plan,
@@ -184,14 +199,20 @@ def run_coordinator(
                 progress_line(record, state, plan.rounds), flush=True
             ),
         )
+        endpoint = endpoints.serve_http(status_routes(coordinator), "coordinator")
         coordinator.start()
         transport.serve(
             stop=lambda: coordinator.finished or stop.is_set(),
             on_idle=coordinator.tick,
             idle_interval=0.5,
         )
+        if endpoint is not None and coordinator.finished and http_linger > 0:
+            log_event(logger, "http_lingering", run=plan.run, seconds=http_linger)
+            stop.wait(http_linger)
     finally:
         transport.close()
+        if endpoint is not None:
+            endpoint.close()
     state = coordinator.state
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     log_event(logger, "coordinator_exit", run=plan.run, phase=state.phase, peak_rss_mb=peak_mb)
@@ -231,6 +252,8 @@ def run_hospital(
     stop = threading.Event()
     _stop_on_signals(stop)
     transport = endpoints.transport(name, senders=(COORDINATOR,))
+    meter = HospitalMeter()
+    endpoint = endpoints.serve_http(metrics_routes(meter), name)
     try:
         hospital = Hospital(
             name,
@@ -247,6 +270,7 @@ def run_hospital(
             out_dir=out,
             sanity=sanity,
             masks=codec.pairwise_masks() if settings.masking else None,
+            observers=(meter,),
         )
         hospital.start(hello=True)
         log_event(
@@ -263,6 +287,8 @@ def run_hospital(
         )
     finally:
         transport.close()
+        if endpoint is not None:
+            endpoint.close()
     if hospital.error is not None:
         raise hospital.error
     if hospital.final_weights is not None and hospital.final_metrics is not None:

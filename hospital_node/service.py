@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +53,7 @@ from common.protocol.messages import (
 from common.protocol.signing import MessageCodec
 from common.store import Store, get_verified, sha256_hex
 from common.transport import ANNOUNCE, SUBMIT, Transport
+from hospital_node.observer import HospitalObserver, Phase
 from hospital_node.trainer import Trainer
 
 logger = logging.getLogger("hefl.hospital")
@@ -88,6 +89,7 @@ class Hospital:
         clock: Callable[[], float] = time.time,
         sanity: Sanity = DEFAULT_SANITY,
         masks: PairwiseMasks | None = None,
+        observers: Sequence[HospitalObserver] = (),
     ) -> None:
         self.hospital = hospital
         # None: follow the run the coordinator announces (the first signed RoundStarted of this
@@ -111,6 +113,8 @@ class Hospital:
         self._masks = masks
         self._trained: _Trained | None = None
         self._masked: tuple[int, int] = (0, 0)  # the (round, attempt) last uploaded
+        self._observers = tuple(observers)
+        self._done = 0  # the last round reported done to the observers
         self.final_weights: np.ndarray | None = None
         self.error: HeflError | None = None  # set when the final model could not be kept
         self.final_metrics: Metrics | None = None
@@ -194,6 +198,8 @@ class Hospital:
             return
         self._answered.add(msg.round)
         self._transport.publish(SUBMIT, reply)
+        if not self._masks:
+            self._round_done(msg.round)
         event = "update_ready" if self._masks else "update_submitted"
         self._log(event, round=msg.round, seconds=time.perf_counter() - started)
 
@@ -226,6 +232,7 @@ class Hospital:
             self._report_failure(msg.round, exc)
             return
         self._transport.publish(SUBMIT, reply)
+        self._round_done(msg.round)
         self._log(
             "update_submitted",
             round=msg.round,
@@ -252,9 +259,13 @@ class Hospital:
         weights = self._global_weights(msg.global_ref, msg.global_sha256, msg.round - 1)
         d = self._data
         held_out = self._trainer.evaluate(weights, d.x_test, d.y_test)
+        for observer in self._observers:
+            observer.round_started(msg.round)
+        started = time.perf_counter()
         fit = self._trainer.fit(
             weights, d.x_train, d.y_train, seed=training_seed(self._seed, msg.round, self.hospital)
         )
+        self._phase_done("training", started)
         metrics = {
             "auc": held_out.auc,
             "accuracy": held_out.accuracy,
@@ -273,9 +284,13 @@ class Hospital:
         """Encrypt (and mask) the update, put it in the store; the signed message naming it."""
         round_ = trained.round
         binding = Binding(run=self.run, round=round_, sender=self.hospital)
+        started = time.perf_counter()
         blob = self._cipher.encrypt(trained.payload, binding=binding, mask=mask)
+        self._phase_done("encryption", started)
         key = layout.update_key(self.run, round_, self.hospital)
+        started = time.perf_counter()
         self._store.put(key, blob)
+        self._phase_done("upload", started)
         return self._codec.encode(
             UpdateSubmitted(
                 run=self.run,
@@ -287,6 +302,18 @@ class Hospital:
                 metrics=trained.metrics,
             )
         )
+
+    def _phase_done(self, phase: Phase, started: float) -> None:
+        seconds = time.perf_counter() - started
+        for observer in self._observers:
+            observer.phase_done(phase, seconds)
+
+    def _round_done(self, round_: int) -> None:
+        """Once per round, though a masked round may take several uploads."""
+        if round_ > self._done:
+            self._done = round_
+            for observer in self._observers:
+                observer.round_done(round_)
 
     def _on_finished(self, msg: RunFinished) -> None:
         if self.final_weights is not None:

@@ -51,6 +51,8 @@ SOLE_IMPORTERS: Final[Mapping[str, tuple[str, ...]]] = {
     "Pyfhel": ("common.crypto.seal", "bench.anchors"),
     "pika": ("common.transport.rabbitmq",),
     "googleapiclient": ("common.store.gdrive_api",),
+    "prometheus_client": ("common.observe.prometheus",),
+    "tqdm": ("common.progress",),
 }
 
 

@@ -20,9 +20,19 @@ from common.data.partition import DEFAULT_ALPHA, DEFAULT_TEST_FRACTION
 from common.data.sources import DEFAULT_DATASET
 from common.fedavg import DEFAULT_SANITY
 from common.model import ModelConfig
+from common.observe.http import DEFAULT_HOST as DEFAULT_HTTP_HOST
 from common.store.url import STORE_ENV
 from common.transport.settings import BROKER_URL_ENV, DEFAULT_BROKER_URL, DEFAULT_PREFIX
-from hefl.cli.types import fraction, names, positive_float, positive_int, run_id, units
+from hefl.cli.types import (
+    fraction,
+    names,
+    non_negative_float,
+    port,
+    positive_float,
+    positive_int,
+    run_id,
+    units,
+)
 
 #: Simulated hospitals, shards and issued identities when ``--hospitals`` is not given.
 DEFAULT_HOSPITALS: Final = 4
@@ -276,6 +286,26 @@ FLAGS: Final[Mapping[str, Flag]] = {
             type=Path,
         ),
         Flag(name="prefix", help="RabbitMQ exchange and queue name prefix", default=DEFAULT_PREFIX),
+        # -- watching a process -----------------------------------------------------------------
+        Flag(
+            name="http_port",
+            help="serve read-only HTTP on this port (default: none): the coordinator its status "
+            "page (/), /api/status and /metrics, a hospital its own /metrics; 0 picks a free port",
+            type=port,
+        ),
+        Flag(
+            name="http_host",
+            help="address the --http-port endpoint binds; the status page names hospitals and "
+            "is for the operator: keep it local unless hospitals cannot reach the address",
+            default=DEFAULT_HTTP_HOST,
+        ),
+        Flag(
+            name="http_linger",
+            help="seconds the coordinator keeps serving --http-port after its run ended, so the "
+            "last scrape and a last look at the page see the end",
+            type=non_negative_float,
+            default=0.0,
+        ),
         Flag(name="hospital", help="this hospital's identity, e.g. hospital-3"),
         Flag(
             name="identity",

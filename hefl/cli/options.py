@@ -68,6 +68,8 @@ class RunOptions(ModelOptions):
     broker_password_file: Path | None
     prefix: str
     no_masking: bool
+    http_host: str
+    http_port: int | None
 
 
 # -- the subcommands' options --------------------------------------------------------------------
@@ -125,6 +127,7 @@ class CoordinatorOptions(RunOptions):
     mask_timeout: float | None
     state_dir: Path
     keep_updates: bool
+    http_linger: float
 
 
 @dataclass(frozen=True, kw_only=True)

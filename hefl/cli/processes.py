@@ -32,6 +32,8 @@ def _run_settings(options: RunOptions, identity: str, test_fraction: float | Non
         store=options.store,
         broker=_broker_url(options, identity),
         prefix=options.prefix,
+        http_host=options.http_host,
+        http_port=options.http_port,
         **ca,
     )
     return settings, endpoints
@@ -70,6 +72,7 @@ def coordinator(options: CoordinatorOptions) -> int:
         mask_timeout=options.mask_timeout,
         state_dir=options.state_dir,
         keep_updates=options.keep_updates,
+        http_linger=options.http_linger,
     )
 
 
