@@ -53,9 +53,25 @@ def epoch_orders(rows: int, epochs: int, seed: int) -> list[np.ndarray]:
 #: Builds a hospital's trainer for a model configuration and a number of input features.
 TrainerFactory = Callable[[ModelConfig, int], Trainer]
 
+#: Told after each local epoch of a fit: the epoch's index (from 0), the fit's number of
+#: epochs and the epoch's mean training loss. Progress bars listen here.
+EpochCallback = Callable[[int, int, float], None]
+
 
 def keras_trainer(model: ModelConfig, n_features: int) -> Trainer:
     """The default factory: a Keras ``LocalTrainer`` (imports TensorFlow on first use)."""
     from hospital_node.training import LocalTrainer
 
     return LocalTrainer(model, n_features)
+
+
+def keras_trainer_with(*, on_epoch: EpochCallback | None = None) -> TrainerFactory:
+    """A factory like :func:`keras_trainer` whose trainers report each local epoch to
+    ``on_epoch``; the trained weights are the same with or without it."""
+
+    def build(model: ModelConfig, n_features: int) -> Trainer:
+        from hospital_node.training import LocalTrainer
+
+        return LocalTrainer(model, n_features, on_epoch=on_epoch)
+
+    return build

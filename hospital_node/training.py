@@ -29,7 +29,7 @@ from common.logs import log_event
 from common.metrics import Metrics, compute_metrics
 from common.model import ModelConfig, build_model, flatten, parameter_count, unflatten
 from common.quiet_tensorflow import load as load_tensorflow
-from hospital_node.trainer import FitResult, epoch_orders
+from hospital_node.trainer import EpochCallback, FitResult, epoch_orders
 
 load_tensorflow()  # TensorFlow's native start-up lines stay off the terminal
 
@@ -71,10 +71,15 @@ class LocalTrainer:
     """Trains, evaluates, predicts with and saves one hospital's copy of the shared model.
 
     Not thread-safe: every call loads its weights into the one underlying Keras model.
+    ``on_epoch`` (for progress bars) is told of each local epoch as :meth:`fit` ends it; it
+    only watches, so it changes no result, but an exception it raises aborts the fit.
     """
 
-    def __init__(self, config: ModelConfig, n_features: int) -> None:
+    def __init__(
+        self, config: ModelConfig, n_features: int, *, on_epoch: EpochCallback | None = None
+    ) -> None:
         self._config = config
+        self._on_epoch = on_epoch
         self._size = parameter_count(config, n_features)  # also validates n_features
         self._n_features = n_features
         with _translating("build the model"):
@@ -120,7 +125,7 @@ class LocalTrainer:
         with _translating("train the model"):
             self._load(weights)
             self._reset_optimizer()
-            for order in orders:
+            for epoch, order in enumerate(orders):
                 history = self._model.fit(
                     features[order],
                     labels[order],
@@ -130,6 +135,8 @@ class LocalTrainer:
                     verbose=0,
                 )
                 loss = float(history.history["loss"][-1])
+                if self._on_epoch is not None:
+                    self._on_epoch(epoch, len(orders), loss)
             trained = flatten(self._model.get_weights())
         if not (math.isfinite(loss) and np.all(np.isfinite(trained))):
             raise TrainingError(

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final
 
 from common.errors import ConfigError
+from common.progress import Bar, Progress, TerminalProgress, is_terminal
 from hefl.cli.options import (
     BrokerUsersOptions,
     DriveShareOptions,
@@ -18,6 +21,9 @@ from hefl.cli.options import (
     PartitionOptions,
     SimulateOptions,
 )
+
+if TYPE_CHECKING:
+    from hefl.simulation import SimulationConfig
 
 
 def _he_config(scheme: str, max_hospitals: int) -> Any:
@@ -62,16 +68,39 @@ def simulate(options: SimulateOptions) -> int:
         store=options.store,
         masking=not options.no_masking,
     )
-    emit = _printer()
     if options.engine == "tff":
         from hefl.tff import run_tff_engine
 
-        run_tff_engine(config, emit=emit)
+        run_tff_engine(config, emit=_printer())  # its rounds are printed after the run: no bar
+    elif is_terminal(sys.stdout) and is_terminal(sys.stderr):
+        _compare_with_bars(config, baselines=not options.no_baselines)
     else:
         from hefl.compare import run_comparison
 
-        run_comparison(config, emit=emit, baselines=not options.no_baselines)
+        run_comparison(config, emit=_printer(), baselines=not options.no_baselines)
     return 0
+
+
+def _compare_with_bars(config: SimulationConfig, *, baselines: bool) -> None:
+    """The comparison on a terminal: bars of rounds and local epochs on stderr, the other lines
+    on stdout above them. Training is the same as without bars."""
+    from hefl.compare import run_comparison
+    from hospital_node.progress import EpochBar
+    from hospital_node.trainer import keras_trainer_with
+
+    progress = TerminalProgress(sys.stderr)
+    rounds, epochs = RoundBars(progress, rounds=config.rounds), EpochBar(progress)
+    try:
+        with progress.logs_above_bars():
+            run_comparison(
+                config,
+                emit=rounds,
+                baselines=baselines,
+                trainer_for=keras_trainer_with(on_epoch=epochs),
+            )
+    finally:
+        epochs.close()
+        rounds.close()
 
 
 def partition(options: PartitionOptions) -> int:
@@ -153,6 +182,46 @@ def _printer() -> Callable[[str], None]:
         print(line, flush=True)
 
     return emit
+
+
+#: A round's line, as ``hefl.reporting.progress_line`` writes it: round, rounds, AUC, loss.
+ROUND_LINE: Final = re.compile(r"\s*round\s+(\d+)/(\d+)\s.*?\bauc (\S+)\s+loss (\S+)")
+
+
+class RoundBars:
+    """The comparison's output on a terminal (an ``emit``): each federated run's round lines
+    become a rounds bar with the round's AUC and loss beside it; other lines print on stdout.
+
+    A run's heading (the line ending in ``:`` that the comparison prints before it) opens the
+    bar, so that its clock starts with the first round; a line that is not a round line, or a
+    changed line format, prints as it is.
+    """
+
+    def __init__(self, progress: Progress, *, rounds: int) -> None:
+        self._progress = progress
+        self._rounds = rounds
+        self._bar: Bar | None = None
+
+    def __call__(self, line: str) -> None:
+        found = ROUND_LINE.match(line)
+        if found is None:
+            self._progress.write(line, sys.stdout)
+            if line.endswith(":"):
+                self.close()
+                self._bar = self._progress.bar("round", self._rounds)
+            return
+        round_, rounds = int(found[1]), int(found[2])
+        if self._bar is None:
+            self._bar = self._progress.bar("round", rounds)
+        self._bar.update(round_, {"auc": float(found[3]), "loss": float(found[4])})
+        if round_ >= rounds:
+            self.close()
+
+    def close(self) -> None:
+        """Leave the open bar on screen as it stands."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
 
 def drive_share(options: DriveShareOptions) -> int:
