@@ -138,7 +138,8 @@ def _line_chart(title: str, points: Sequence[tuple[int, float]], color: str) -> 
         f'<g font-size="11" fill="#333"><text x="2" y="{_PAD + 4}">{y1:.3g}</text>'
         f'<text x="2" y="{_H - _PAD}">{y0:.3g}</text>'
         f'<text x="{_PAD}" y="{_H - 10}">round {x0}</text>'
-        f'<text x="{_W - _PAD - 50}" y="{_H - 10}">round {max(xs)}</text></g></svg></figure>'
+        + (f'<text x="{_W - _PAD - 50}" y="{_H - 10}">round {x1}</text>' if x1 in xs else "")
+        + "</g></svg></figure>"
     )
 
 

@@ -12,6 +12,7 @@ import logging
 import math
 import resource
 import signal
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,8 +44,9 @@ from coordinator.service import Coordinator
 from coordinator.state import RoundRecord, RunPlan, RunState
 from hefl.keylayout import KeyLayout
 from hospital_node.metrics import HospitalMeter, metrics_routes
+from hospital_node.progress import hospital_progress
 from hospital_node.service import Hospital
-from hospital_node.trainer import TrainerFactory, keras_trainer
+from hospital_node.trainer import TrainerFactory
 
 logger = logging.getLogger("hefl.deploy")
 
@@ -234,10 +236,11 @@ def run_hospital(
     name: str,
     csv: Path,
     out: Path | None,
-    trainer_for: TrainerFactory = keras_trainer,
+    trainer_for: TrainerFactory | None = None,
     sanity: Sanity = DEFAULT_SANITY,
 ) -> int:
-    """Take part in the run until the final model is saved; 0 on success."""
+    """Take part in the run until the final model is saved; 0 on success. ``trainer_for``
+    None: the Keras trainer, reporting its local epochs to the progress bars."""
     layout = KeyLayout(endpoints.keys)
     bundle = load_hospital_bundle(layout.he_hospital)
     codec = layout.codec(name)
@@ -254,41 +257,45 @@ def run_hospital(
     transport = endpoints.transport(name, senders=(COORDINATOR,))
     meter = HospitalMeter()
     endpoint = endpoints.serve_http(metrics_routes(meter), name)
-    try:
-        hospital = Hospital(
-            name,
-            run=settings.run,
-            data=data,
-            trainer=trainer_for(settings.model, n_features),
-            cipher=open_cipher(layout.he_hospital),
-            transport=transport,
-            store=open_store(endpoints.store),
-            codec=codec,
-            initial_weights=initial_weights(settings.model, n_features, settings.seed),
-            seed=settings.seed,
-            config_digest=settings.digest(bundle.manifest.config),
-            out_dir=out,
-            sanity=sanity,
-            masks=codec.pairwise_masks() if settings.masking else None,
-            observers=(meter,),
-        )
-        hospital.start(hello=True)
-        log_event(
-            logger,
-            "hospital_ready",
-            run=settings.run or "(following the coordinator)",
-            hospital=name,
-            rows=len(data.y_train),
-        )
-        transport.serve(
-            stop=lambda: (
-                hospital.final_weights is not None or hospital.error is not None or stop.is_set()
+    # Bars of rounds and local epochs on a terminal; a line per round in a log.
+    with hospital_progress(rounds=settings.rounds, stream=sys.stderr) as bars:
+        try:
+            hospital = Hospital(
+                name,
+                run=settings.run,
+                data=data,
+                trainer=(trainer_for or bars.trainer_for)(settings.model, n_features),
+                cipher=open_cipher(layout.he_hospital),
+                transport=transport,
+                store=open_store(endpoints.store),
+                codec=codec,
+                initial_weights=initial_weights(settings.model, n_features, settings.seed),
+                seed=settings.seed,
+                config_digest=settings.digest(bundle.manifest.config),
+                out_dir=out,
+                sanity=sanity,
+                masks=codec.pairwise_masks() if settings.masking else None,
+                observers=(meter, bars.observer),
             )
-        )
-    finally:
-        transport.close()
-        if endpoint is not None:
-            endpoint.close()
+            hospital.start(hello=True)
+            log_event(
+                logger,
+                "hospital_ready",
+                run=settings.run or "(following the coordinator)",
+                hospital=name,
+                rows=len(data.y_train),
+            )
+            transport.serve(
+                stop=lambda: (
+                    hospital.final_weights is not None
+                    or hospital.error is not None
+                    or stop.is_set()
+                )
+            )
+        finally:
+            transport.close()
+            if endpoint is not None:
+                endpoint.close()
     if hospital.error is not None:
         raise hospital.error
     if hospital.final_weights is not None and hospital.final_metrics is not None:

@@ -159,7 +159,7 @@ class ProcessCluster:
         args.extend(extra)
         return self._spawn("coordinator", args)
 
-    def start_hospital(self, name: str) -> subprocess.Popen[bytes]:
+    def start_hospital(self, name: str, *extra: str) -> subprocess.Popen[bytes]:
         shard = self.root / "shards" / f"{name}.csv"
         return self._spawn(
             name,
@@ -172,6 +172,7 @@ class ProcessCluster:
                 str(shard),
                 "--out",
                 str(self.root / "models"),
+                *extra,
             ],
         )
 

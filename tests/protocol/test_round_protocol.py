@@ -30,6 +30,7 @@ from common.store import InMemoryStore, sha256_hex
 from common.transport import SUBMIT, InMemoryTransport
 from coordinator.service import Coordinator
 from coordinator.state import RunPlan
+from hospital_node.observer import HospitalObserver
 from hospital_node.service import Hospital, LocalData, training_seed
 from hospital_node.training import LocalTrainer
 
@@ -91,6 +92,7 @@ class Cluster:
         out_dir: Path | None = None,
         hello: bool = False,
         kind: type[Hospital] = Hospital,
+        observers: tuple[HospitalObserver, ...] = (),
     ) -> None:
         hospital = kind(
             name,
@@ -107,6 +109,7 @@ class Cluster:
             out_dir=out_dir,
             clock=self.clock,
             masks=codec(name).pairwise_masks() if self.plan.masking else None,
+            observers=observers,
         )
         hospital.start(hello=hello)
         self.hospitals[name] = hospital
