@@ -9,6 +9,7 @@ unless told otherwise: what it shows is for the machine's operator.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -81,16 +82,25 @@ def _handler(routes: Mapping[str, Route]) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """A client gone mid-answer (a scrape that timed out) is routine: one line, no trace."""
+        error = sys.exc_info()[1]
+        level = logging.DEBUG if isinstance(error, ConnectionError) else logging.WARNING
+        log_event(logger, "http_client_error", level=level, client=client_address, error=error)
+
+
 class HttpEndpoint:
     """Serves ``routes`` on ``host:port`` (port 0: any free port) until :meth:`close`."""
 
     def __init__(self, routes: Mapping[str, Route], *, host: str = DEFAULT_HOST, port: int) -> None:
         self._routes = dict(routes)
         try:
-            self._server = ThreadingHTTPServer((host, port), _handler(self._routes))
+            self._server = _Server((host, port), _handler(self._routes))
         except OSError as exc:
             raise ConfigError(f"cannot serve HTTP on {host}:{port}: {exc.strerror or exc}") from exc
-        self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, name=f"http-{port}", daemon=True
         )

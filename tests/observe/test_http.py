@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import threading
+import time
 import urllib.error
 import urllib.request
 
@@ -130,3 +132,23 @@ def test_families_are_computed_at_each_scrape() -> None:
 def test_a_malformed_family_is_refused(make: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         make()  # type: ignore[operator]
+
+
+def test_a_client_gone_mid_answer_leaves_no_traceback(capfd: pytest.CaptureFixture[str]) -> None:
+    """A scrape that timed out (the client closed first) is routine, not an error report."""
+    release = threading.Event()
+
+    def slow() -> tuple[bytes, str]:
+        release.wait(5)
+        return b"x" * 1_000_000, "text/plain"
+
+    with HttpEndpoint({"/slow": slow}, port=0) as served:
+        with socket.create_connection(("127.0.0.1", served.port), 3) as client:
+            client.sendall(b"GET /slow HTTP/1.0\r\n\r\n")
+            client.setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+            )
+        release.set()
+        time.sleep(0.5)
+        assert fetch(served.url + "slow")[0] == 200
+    assert "Traceback" not in capfd.readouterr().err
