@@ -10,8 +10,17 @@ our CI machines). This script:
 2. switches SEAL's optional compression and GSL support off and forbids CMake downloads
    (``SEAL_BUILD_DEPS=OFF``): this project serializes ciphertexts uncompressed and packs them
    itself (see ``common/crypto``), so nothing is lost;
-3. builds the wheel with pip and stores it in ``--wheel-dir`` under a name keyed by the sdist hash
-   and the patch, so a second run (or a fresh clone on the same machine) reuses it at once.
+3. adds ``Pyfhel.encrypt_symmetric_bytes(ptxt) -> bytes`` (``SOURCE_EDITS``, about 30 lines in
+   Afseal.h/.cpp, Afhel.pxd, Pyfhel.pxd/.pyx): hospitals hold the secret key, so they encrypt with
+   it (SEAL's ``encrypt_symmetric``; CKKS at the plaintext's level, BFV/BGV at the first data
+   level) and send SEAL's *seeded* serialization, uncompressed, whose second polynomial is the
+   64-byte seed that draws it: about half of ``to_bytes("none")``. ``PyCtxt(pyfhel=...,
+   bytestring=...)`` expands it with the context alone. Each edit replaces one exact anchor and
+   stops the build if that anchor is missing or repeated, so a changed sdist fails loudly;
+4. builds the wheel with pip and stores it in ``--wheel-dir`` under a name keyed by the sdist hash
+   and ``PATCH_ID`` (a hash of the CMake overrides and the source edits), so a second run (or a
+   fresh clone on the same machine) reuses it at once, and a changed patch never reuses an old
+   wheel.
 
 Only the standard library is used, so it runs before any virtual environment exists.
 """
@@ -29,7 +38,9 @@ import sys
 import tarfile
 import tempfile
 import urllib.request
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 PYFHEL_VERSION = "3.5.0"
 SDIST_NAME = f"pyfhel-{PYFHEL_VERSION}.tar.gz"
@@ -45,7 +56,87 @@ CMAKE_OVERRIDES = {
     "SEAL_USE_ZLIB": "OFF",
     "SEAL_USE_ZSTD": "OFF",
 }
-PATCH_ID = hashlib.sha256(repr(sorted(CMAKE_OVERRIDES.items())).encode()).hexdigest()[:12]
+
+
+class SourceEdit(NamedTuple):
+    """Replace the one occurrence of ``anchor`` in ``path`` (relative to the sdist) by ``text``."""
+
+    path: str
+    anchor: str
+    text: str
+
+
+_AFSEAL_H_ANCHOR = "  size_t load_secret_key(istream &in_stream);\n"
+_AFSEAL_CPP_ANCHOR = "// SAVE/LOAD RELINKEY\n"
+_AFHEL_PXD_ANCHOR = "        int total_coeff_modulus_bit_count() except +\n"
+_PYFHEL_PXD_ANCHOR = "    cpdef PyCtxt encryptBGV(self, int64_t[:] arr, PyCtxt ctxt=*)\n"
+_PYFHEL_PYX_ANCHOR = "    cpdef PyCtxt encryptBGV(self, int64_t[:] arr, PyCtxt ctxt=None):\n"
+# Pyfhel.encrypt_symmetric_bytes: secret-key encryption saved in SEAL's seeded form.
+SOURCE_EDITS = (
+    SourceEdit(
+        "Pyfhel/Afhel/Afseal.h",
+        _AFSEAL_H_ANCHOR,
+        _AFSEAL_H_ANCHOR
+        + "  size_t encrypt_symmetric_save(AfPtxt &ptxt, ostream &out_stream); // hefl patch\n",
+    ),
+    SourceEdit(
+        "Pyfhel/Afhel/Afseal.cpp",
+        _AFSEAL_CPP_ANCHOR,
+        """// hefl patch: encrypt with the secret key (CKKS: at ptxt's level; BFV/BGV: first
+// data level) and save SEAL's seeded form, c1 replaced by its PRNG seed, uncompressed.
+// No secret key: std::logic_error (get_secretKey).
+size_t Afseal::encrypt_symmetric_save(AfPtxt &ptxt, ostream &out_stream)
+{
+  Encryptor symmetric(*(this->get_context()), *(this->get_secretKey()));
+  return (size_t)symmetric.encrypt_symmetric(_dyn_p(ptxt)).save(out_stream, compr_mode_type::none);
+}
+
+"""
+        + _AFSEAL_CPP_ANCHOR,
+    ),
+    SourceEdit(
+        "Pyfhel/Afhel/Afhel.pxd",
+        _AFHEL_PXD_ANCHOR,
+        _AFHEL_PXD_ANCHOR
+        + "        size_t encrypt_symmetric_save(AfPtxt &ptxt, ostream &out_stream) except +\n",
+    ),
+    SourceEdit(
+        "Pyfhel/Pyfhel.pxd",
+        _PYFHEL_PXD_ANCHOR,
+        "    cpdef bytes encrypt_symmetric_bytes(self, PyPtxt ptxt)\n" + _PYFHEL_PXD_ANCHOR,
+    ),
+    SourceEdit(
+        "Pyfhel/Pyfhel.pyx",
+        _PYFHEL_PYX_ANCHOR,
+        '''    cpdef bytes encrypt_symmetric_bytes(self, PyPtxt ptxt):
+        """Encrypts ptxt with the secret key into SEAL's seeded ciphertext bytes (hefl patch).
+
+        CKKS: at ptxt's level; BFV/BGV: at the first data level. Uncompressed; the second
+        polynomial is stored as its 64-byte PRNG seed, about half of to_bytes("none").
+        PyCtxt(pyfhel=..., bytestring=...) expands it with the context alone.
+
+        Raise:
+            RuntimeError: if no secret key is loaded.
+        """
+        cdef ostringstream ostr
+        if ptxt is None or ptxt._ptr_ptxt == NULL:
+            raise TypeError("<Pyfhel ERROR> PyPtxt Plaintext is empty")
+        (<Afseal*>self.afseal).encrypt_symmetric_save(deref(ptxt._ptr_ptxt), ostr)
+        return ostr.str()
+
+'''
+        + _PYFHEL_PYX_ANCHOR,
+    ),
+)
+
+
+def patch_id(cmake_overrides: Mapping[str, str], source_edits: Sequence[SourceEdit]) -> str:
+    """A short hash of everything the patch changes: part of the cached wheel's key."""
+    patch = repr((sorted(cmake_overrides.items()), [tuple(edit) for edit in source_edits]))
+    return hashlib.sha256(patch.encode()).hexdigest()[:12]
+
+
+PATCH_ID = patch_id(CMAKE_OVERRIDES, SOURCE_EDITS)
 
 
 def log(message: str) -> None:
@@ -98,6 +189,20 @@ def patch_pyproject(text: str) -> str:
     return text
 
 
+def apply_source_edits(source: Path, edits: Sequence[SourceEdit] = SOURCE_EDITS) -> None:
+    """Apply each edit to the extracted sdist; stop if its anchor is not there exactly once."""
+    for edit in edits:
+        path = source / edit.path
+        text = path.read_bytes().decode("utf-8")  # bytes: keep the file's line endings
+        found = text.count(edit.anchor)
+        if found != 1:
+            raise SystemExit(
+                f"[build_pyfhel] {edit.path}: expected the anchor {edit.anchor.strip()!r} once, "
+                f"found it {found} times; Pyfhel's source changed, update SOURCE_EDITS"
+            )
+        path.write_bytes(text.replace(edit.anchor, edit.text).encode("utf-8"))
+
+
 def build(wheel_dir: Path, local_sdist: str | None, python: str) -> Path:
     with tempfile.TemporaryDirectory(prefix="pyfhel-build-") as tmp:
         work = Path(tmp)
@@ -107,6 +212,7 @@ def build(wheel_dir: Path, local_sdist: str | None, python: str) -> Path:
         source = work / f"pyfhel-{PYFHEL_VERSION}"
         pyproject = source / "pyproject.toml"
         pyproject.write_text(patch_pyproject(pyproject.read_text()))
+        apply_source_edits(source)
         out = work / "wheels"
         log("building the wheel (SEAL compiles for a few minutes on 2 cores)")
         env = dict(os.environ, FETCHCONTENT_FULLY_DISCONNECTED="ON")
