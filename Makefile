@@ -46,7 +46,7 @@ $(STAMP): pyproject.toml tools/build_pyfhel.py
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
 	wheel=$$($(BIN)/python tools/build_pyfhel.py --wheel-dir $(WHEEL_CACHE) --python $(BIN)/python) && \
-	  $(BIN)/python -m pip install --quiet "$$wheel"
+	  $(BIN)/python -m pip install --quiet --force-reinstall --no-deps "$$wheel"
 	$(BIN)/python -m pip install --quiet -e '.[dev,ops]'
 	@touch $@
 

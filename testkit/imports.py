@@ -6,7 +6,8 @@ The rules (``tests/architecture/test_import_contract.py`` runs them on the check
   ``hospital_node``) imports neither the other role nor ``hefl``; runtime packages import no
   ``bench``, ``tests`` or ``testkit``; ``bench`` and ``testkit`` never import ``tests``;
 - one importer per I/O library: Pyfhel only in ``common.crypto.seal`` (and ``bench.anchors``,
-  which measures plain Pyfhel as a baseline), pika only inside ``common.transport.rabbitmq``,
+  which measures plain Pyfhel as a baseline, and ``tests.crypto.test_pyfhel_patch``, which
+  tests the build's source patch on Pyfhel itself), pika only inside ``common.transport.rabbitmq``,
   googleapiclient only in ``common.store.gdrive_api``;
 - no module imports an underscore (private) name, or a private module, of another package.
 
@@ -48,7 +49,7 @@ FORBIDDEN_LAYERS: Final[Mapping[str, tuple[str, ...]]] = {
 
 #: third-party library -> the modules allowed to import it (a package: it and its submodules)
 SOLE_IMPORTERS: Final[Mapping[str, tuple[str, ...]]] = {
-    "Pyfhel": ("common.crypto.seal", "bench.anchors"),
+    "Pyfhel": ("common.crypto.seal", "bench.anchors", "tests.crypto.test_pyfhel_patch"),
     "pika": ("common.transport.rabbitmq",),
     "googleapiclient": ("common.store.gdrive_api",),
     "prometheus_client": ("common.observe.prometheus",),
