@@ -19,6 +19,10 @@ message that names a blob carries its SHA-256, so the binding is covered by the 
 signature: a copy of another hospital's blob, or of an earlier round's, names another sender or
 round than the message that submits it, and the coordinator refuses it before reading the
 payload (``read_header``). This module is pure: it knows nothing of SEAL, only of bytes.
+
+Since format 3 coefficients are packed at bit granularity (``coeff_bits``) and an update's chunks
+are seeded ciphertexts (one polynomial and a PRNG seed); aggregates stay full size. Blobs of
+formats 1 and 2 are refused by their version, with a message that says so.
 """
 
 from __future__ import annotations
@@ -33,12 +37,15 @@ from typing import Any
 from common.errors import BlobError
 
 MAGIC = b"HEFLBLOB"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 _PREAMBLE = struct.Struct("<8sHI")
 PREAMBLE_BYTES = _PREAMBLE.size
 #: Headers are small (a few hundred bytes plus one length per chunk); refuse absurd ones early.
 MAX_HEADER_BYTES = 1 << 20
-MAX_COEFF_BYTES = 8
+MAX_COEFF_BITS = 64
+#: Blob kinds: what a hospital uploads, and the sum the coordinator writes back.
+UPDATE = "update"
+AGGREGATE = "aggregate"
 #: The sender of aggregates.
 COORDINATOR_SENDER = "coordinator"
 
@@ -63,7 +70,7 @@ class BlobHeader:
     "plain". ``encoding``: how reals become plaintexts (packing, scale or fraction bits).
     ``param_digest``: SHA-256 of the HE context bytes. ``key_id``: SHA-256 of the public key.
     ``value_count``: reals carried. ``chunk_count`` and ``chunk_bytes``: one entry per ciphertext
-    (or plaintext block). ``coeff_bytes``: low-order bytes kept per coefficient (8 for plain
+    (or plaintext block). ``coeff_bits``: low-order bits kept per coefficient (64 for plain
     float64). ``summands``: how many fresh inputs were added into this blob (1 for an upload).
     ``payload_sha256``: SHA-256 of the chunks in order (see ``payload_digest``). ``run``,
     ``round`` and ``sender``: the blob's ``Binding``.
@@ -80,7 +87,7 @@ class BlobHeader:
     value_count: int
     chunk_count: int
     chunk_bytes: tuple[int, ...]
-    coeff_bytes: int
+    coeff_bits: int
     summands: int
     payload_sha256: str
 
@@ -101,10 +108,10 @@ class BlobHeader:
                 raise BlobError(f"blob header field {name!r} must be a non-empty string")
         for name in ("value_count", "chunk_count", "summands"):
             _require_count(name, getattr(self, name), low=1)
-        _require_count("coeff_bytes", self.coeff_bytes, low=1)
+        _require_count("coeff_bits", self.coeff_bits, low=1)
         _require_count("round", self.round, low=0)
-        if self.coeff_bytes > MAX_COEFF_BYTES:
-            raise BlobError(f"blob header coeff_bytes {self.coeff_bytes} exceeds {MAX_COEFF_BYTES}")
+        if self.coeff_bits > MAX_COEFF_BITS:
+            raise BlobError(f"blob header coeff_bits {self.coeff_bits} exceeds {MAX_COEFF_BITS}")
         for length in self.chunk_bytes:
             _require_count("chunk_bytes entry", length, low=1)
         if len(self.chunk_bytes) != self.chunk_count:

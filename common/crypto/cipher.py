@@ -11,14 +11,13 @@ from typing import Protocol
 
 import numpy as np
 
-from common.crypto.blob import UNBOUND, Binding
+from common.crypto.blob import AGGREGATE, UNBOUND, UPDATE, Binding
 from common.crypto.encoding import blocks, check_sum, checked_values
 from common.crypto.masking import Masker
 from common.crypto.spec import BlobSpec
 from common.errors import ConfigError
 
-UPDATE = "update"
-AGGREGATE = "aggregate"
+__all__ = ["AGGREGATE", "UPDATE", "BlockCipher", "Cipher"]
 
 
 class Cipher(Protocol):
@@ -93,7 +92,9 @@ class BlockCipher:
     ) -> bytes:
         array = checked_values(values, self._value_bound)
         size = self._spec.values_per_chunk
-        chunks = [self._encrypt_block(block) for block in blocks(array, size)]
+        # An update goes out seeded (half the bytes); anything else a hospital encrypts is full.
+        seeded = kind == UPDATE
+        chunks = [self._encrypt_block(block, seeded=seeded) for block in blocks(array, size)]
         if mask is not None:
             chunks = self._mask_chunks(chunks, mask)
         return self._spec.encode(
@@ -107,7 +108,7 @@ class BlockCipher:
         check_sum(values, header.summands * (self._value_bound + self.sum_slack))
         return values
 
-    def _encrypt_block(self, block: np.ndarray) -> bytes:
+    def _encrypt_block(self, block: np.ndarray, *, seeded: bool) -> bytes:
         raise NotImplementedError
 
     def _mask_chunks(self, chunks: list[bytes], mask: Masker) -> list[bytes]:

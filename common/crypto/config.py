@@ -49,6 +49,11 @@ MIN_CKKS_VALUE_BOUND = 1.0
 MIN_FRACTION_BITS = 10
 #: Noise bits a fresh BFV ciphertext consumes (measured 7 with n=4096) plus a safety margin.
 BFV_FRESH_NOISE_BITS = 10
+#: SEAL's standard deviation of the error polynomial's coefficients (noise_standard_deviation).
+CKKS_NOISE_SIGMA = 3.2
+#: The stated CKKS error bound is this many standard deviations of a decrypted sum's error: a
+#: Gaussian exceeds it with probability below 2**-280 per value.
+ERROR_BOUND_SIGMAS = 20
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -177,11 +182,28 @@ class HEConfig:
     def resolution(self) -> float:
         """Encoding step of one value: ``2**-f`` (BFV), ``2**-scale_bits`` (CKKS).
 
-        CKKS adds encryption noise on top (about 1e-9 per summand at scale 2**40).
+        CKKS adds encryption noise on top (``error_bound``).
         """
         if self.scheme == BFV:
             return 2.0**-self.fraction_bits
         return 2.0**-self.scale_bits
+
+    def error_bound(self, summands: int) -> float:
+        """The largest error of one value decrypted from a sum of ``summands`` fresh uploads.
+
+        BFV: the fixed-point rounding alone, half a step per summand (the arithmetic is exact).
+        CKKS: a hospital encrypts with its secret key, so a decrypted upload carries the error
+        polynomial ``e`` (coefficients of standard deviation ``CKKS_NOISE_SIGMA``) plus the
+        encoder's rounding (variance 1/12), in units of ``2**-scale_bits``. One real value of a
+        slot sums ``n`` such coefficients on the unit circle: variance ``n/2 (sigma**2 + 1/12)``
+        steps squared, independent across uploads. The bound is ``ERROR_BOUND_SIGMAS`` standard
+        deviations of the sum's error (at n=4096: 20 x 145.4 x sqrt(summands) steps).
+        """
+        _require_int("summands", summands, low=1)
+        if self.scheme == BFV:
+            return summands * self.resolution / 2
+        variance = summands * self.poly_modulus_degree / 2 * (CKKS_NOISE_SIGMA**2 + 1 / 12)
+        return ERROR_BOUND_SIGMAS * math.sqrt(variance) * self.resolution
 
     @property
     def values_per_ciphertext(self) -> int:

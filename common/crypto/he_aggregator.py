@@ -21,12 +21,7 @@ class HeAggregator:
         self._seal = SealPublic(
             manifest.config, context=bundle.context, public_key=bundle.public_key
         )
-        self._spec = he_spec(
-            manifest.config,
-            param_digest=manifest.param_digest,
-            key_id=manifest.key_id,
-            coeff_bytes=self._seal.coeff_bytes,
-        )
+        self._spec = he_spec(manifest, self._seal)
 
     @property
     def scheme(self) -> str:

@@ -15,9 +15,6 @@ from common.crypto.seal import SealSecret
 from common.crypto.spec import BlobSpec, he_spec
 from common.errors import KeyBundleError
 
-#: CKKS decryption noise is about 1e-9 per summand at scale 2**40; this leaves a wide margin.
-CKKS_SUM_SLACK = 1e-3
-
 
 class _HeCipher(BlockCipher):
     scheme_name = ""
@@ -42,13 +39,7 @@ class _HeCipher(BlockCipher):
             public_key=bundle.public_key,
             secret_key=bundle.secret_key,
         )
-        spec = he_spec(
-            manifest.config,
-            param_digest=manifest.param_digest,
-            key_id=manifest.key_id,
-            coeff_bytes=seal.coeff_bytes,
-        )
-        return cls(seal, spec)
+        return cls(seal, he_spec(manifest, seal))
 
     def _mask_chunks(self, chunks: list[bytes], mask: Masker) -> list[bytes]:
         degree = self._seal.config.poly_modulus_degree
@@ -63,10 +54,14 @@ class CkksCipher(_HeCipher):
     """CKKS: two reals per complex slot, so one ciphertext carries n values."""
 
     scheme_name = CKKS
-    sum_slack = CKKS_SUM_SLACK
 
-    def _encrypt_block(self, block: np.ndarray) -> bytes:
-        return self._seal.encrypt_block(block)
+    def __init__(self, seal: SealSecret, spec: BlobSpec) -> None:
+        super().__init__(seal, spec)
+        # Twice the seeded error bound: room for public-key (full) encryptions, noisier.
+        self.sum_slack = 2 * seal.config.error_bound(1)
+
+    def _encrypt_block(self, block: np.ndarray, *, seeded: bool) -> bytes:
+        return self._seal.encrypt_block(block, seeded=seeded)
 
     def _decrypt_block(self, chunk: bytes) -> np.ndarray:
         return self._seal.decrypt_block(chunk)
@@ -86,8 +81,8 @@ class BfvCipher(_HeCipher):
     def resolution(self) -> float:
         return 2.0**-self._fraction_bits
 
-    def _encrypt_block(self, block: np.ndarray) -> bytes:
-        return self._seal.encrypt_block(to_fixed(block, self._fraction_bits))
+    def _encrypt_block(self, block: np.ndarray, *, seeded: bool) -> bytes:
+        return self._seal.encrypt_block(to_fixed(block, self._fraction_bits), seeded=seeded)
 
     def _decrypt_block(self, chunk: bytes) -> np.ndarray:
         return from_fixed(self._seal.decrypt_block(chunk), self._fraction_bits)

@@ -24,7 +24,7 @@ class PlainCipher(BlockCipher):
     ) -> None:
         super().__init__(plain_spec(max_hospitals), value_bound=value_bound)
 
-    def _encrypt_block(self, block: np.ndarray) -> bytes:
+    def _encrypt_block(self, block: np.ndarray, *, seeded: bool) -> bytes:
         return block.astype("<f8").tobytes()
 
     def _decrypt_block(self, chunk: bytes) -> np.ndarray:

@@ -5,8 +5,11 @@ into ciphertexts, add them and turn them back into chunks, and nothing else. ``S
 encryption and decryption and can only be built with a secret key, because Pyfhel crashes the
 process (it does not raise) when asked to decrypt without one.
 
-A chunk is one ciphertext at its last modulus level with only the non-zero low bytes of each
-coefficient (see ``seal_layout``). Pyfhel and SEAL errors are translated here into ours.
+A chunk is one ciphertext at its last modulus level with only the non-zero low bits of each
+coefficient (see ``seal_layout``). A *full* chunk holds both polynomials (public-key encryption,
+and every sum); a *seeded* chunk holds the first polynomial and the 65-byte PRNG seed of the
+second (secret-key encryption, what a hospital uploads: about half the bytes). Chunks are told
+apart by their length. Pyfhel and SEAL errors are translated here into ours.
 """
 
 from __future__ import annotations
@@ -108,9 +111,13 @@ class SealPublic:
             self._he.from_bytes_context(context)
             self._he.from_bytes_public_key(public_key)
         self._moduli = info.moduli[:1]  # the prime left at the last level
-        self.coeff_bytes = seal_layout.coeff_bytes_for(self._moduli[0])
+        self._degree = config.poly_modulus_degree
+        self.coeff_bits = seal_layout.coeff_bits_for(self._moduli[0])
         self.values_per_chunk = config.values_per_ciphertext
-        self.chunk_bytes = 2 * config.poly_modulus_degree * self.coeff_bytes
+        self.chunk_bytes = seal_layout.packed_bytes(2 * self._degree, self.coeff_bits)
+        self.seeded_chunk_bytes = (
+            seal_layout.packed_bytes(self._degree, self.coeff_bits) + seal_layout.SEED_BYTES
+        )
         zero = self._fresh(np.zeros(self.values_per_chunk))
         with _foreign(CryptoError, "cannot serialize a ciphertext"):
             layout = seal_layout.parse_ciphertext(zero.to_bytes(_COMPRESSION))
@@ -132,15 +139,12 @@ class SealPublic:
         return ctxt
 
     def load_chunk(self, chunk: bytes) -> Ciphertext:
-        """Validate a chunk and deserialize it; any defect raises BlobError."""
-        coeffs = seal_layout.expand(
-            chunk,
-            width=self.coeff_bytes,
-            degree=self.config.poly_modulus_degree,
-            moduli=self._moduli,
-        )
+        """Validate a full or seeded chunk and deserialize it (SEAL expands a seed); any defect
+        raises BlobError."""
+        coeffs, seed = self._coefficients(chunk)
         with _foreign(BlobError, "SEAL rejected the ciphertext"):
-            ctxt = PyCtxt(pyfhel=self._he, bytestring=seal_layout.assemble(self._prefix, coeffs))
+            data = seal_layout.assemble(self._prefix, coeffs, seed)
+            ctxt = PyCtxt(pyfhel=self._he, bytestring=data)
         return Ciphertext(ctxt)
 
     def add_into(self, target: Ciphertext, other: Ciphertext) -> None:
@@ -155,24 +159,45 @@ class SealPublic:
 
     def mask_chunk(self, chunk: bytes, mask: np.ndarray) -> bytes:
         """Add ``mask`` (``poly_modulus_degree`` residues) to the chunk's first polynomial,
-        modulo its prime; the second polynomial is unchanged (``common.crypto.masking``)."""
-        degree = self.config.poly_modulus_degree
-        if mask.shape != (degree,):
-            raise CryptoError(f"a chunk's mask holds {degree} residues, got {mask.shape}")
-        coeffs = seal_layout.expand(
-            chunk, width=self.coeff_bytes, degree=degree, moduli=self._moduli
-        ).copy()
-        coeffs[:degree] = add_mod(coeffs[:degree], mask, self._moduli[0])
-        return seal_layout.compact(coeffs, self.coeff_bytes)
+        modulo its prime; the second polynomial (or its seed) is unchanged
+        (``common.crypto.masking``)."""
+        if mask.shape != (self._degree,):
+            raise CryptoError(f"a chunk's mask holds {self._degree} residues, got {mask.shape}")
+        coeffs, seed = self._coefficients(chunk)
+        coeffs = coeffs.copy()
+        coeffs[: self._degree] = add_mod(coeffs[: self._degree], mask, self._moduli[0])
+        return self._packed(coeffs, seed)
 
     def dump_chunk(self, ciphertext: Ciphertext) -> bytes:
-        """Serialize with only the non-zero coefficient bytes."""
+        """Serialize a (full) ciphertext with only the non-zero coefficient bits."""
         with _foreign(CryptoError, "cannot serialize a ciphertext"):
             data = ciphertext._ctxt.to_bytes(_COMPRESSION)
         layout = seal_layout.parse_ciphertext(data)
-        if layout.prefix != self._prefix:
+        if layout.prefix != self._prefix or layout.seed is not None:
             raise CryptoError("ciphertext metadata differ from a fresh ciphertext's")
-        return seal_layout.compact(layout.coeffs, self.coeff_bytes)
+        return self._packed(layout.coeffs, None)
+
+    def _coefficients(self, chunk: bytes) -> tuple[np.ndarray, bytes | None]:
+        """A chunk's coefficients (checked below the prime) and its seed, if it is seeded."""
+        if len(chunk) == self.chunk_bytes:
+            polys, seed = 2, None
+        elif len(chunk) == self.seeded_chunk_bytes:
+            polys, seed = 1, chunk[-seal_layout.SEED_BYTES :]
+            seal_layout.check_seed(seed)
+            chunk = chunk[: -seal_layout.SEED_BYTES]
+        else:
+            raise BlobError(
+                f"ciphertext chunk is {len(chunk)} bytes: neither full ({self.chunk_bytes}) "
+                f"nor seeded ({self.seeded_chunk_bytes})"
+            )
+        coeffs = seal_layout.expand(
+            chunk, bits=self.coeff_bits, degree=self._degree, moduli=self._moduli, polys=polys
+        )
+        return coeffs, seed
+
+    def _packed(self, coeffs: np.ndarray, seed: bytes | None) -> bytes:
+        packed = seal_layout.pack(coeffs, self.coeff_bits)
+        return packed if seed is None else packed + seed
 
 
 class SealSecret(SealPublic):
@@ -187,9 +212,29 @@ class SealSecret(SealPublic):
         if self._he.is_secret_key_empty():
             raise KeyBundleError("the secret key did not load")
 
-    def encrypt_block(self, block: np.ndarray) -> bytes:
-        """Encrypt ``values_per_chunk`` numbers: reals (CKKS) or fixed-point integers (BFV)."""
-        return self.dump_chunk(Ciphertext(self._fresh(block)))
+    def encrypt_block(self, block: np.ndarray, *, seeded: bool = False) -> bytes:
+        """Encrypt ``values_per_chunk`` numbers: reals (CKKS) or fixed-point integers (BFV).
+
+        ``seeded``: with the secret key, into a seeded chunk (the plaintext is encoded at the
+        last level first: switching a seeded ciphertext would expand it); else with the public
+        key, into a full one.
+        """
+        if not seeded:
+            return self.dump_chunk(Ciphertext(self._fresh(block)))
+        with _foreign(CryptoError, "encryption failed"):
+            if self.config.scheme == CKKS:
+                ptxt = self._he.encodeComplex(block[0::2] + 1j * block[1::2])
+                for _ in range(len(self.config.coeff_modulus_bits) - 2):
+                    self._he.mod_switch_to_next(ptxt)
+            else:
+                ptxt = self._he.encodeInt(block.astype(np.int64))
+            data = self._he.encrypt_symmetric_bytes(ptxt)
+        layout = seal_layout.parse_ciphertext(data)
+        if layout.seed is None or seal_layout.members(layout.prefix) != seal_layout.members(
+            self._prefix
+        ):
+            raise CryptoError("a seeded ciphertext's parameters differ from a fresh ciphertext's")
+        return self._packed(layout.coeffs, layout.seed)
 
     def decrypt_block(self, chunk: bytes) -> np.ndarray:
         """Decrypt one chunk: float64 reals (CKKS) or int64 fixed-point integers (BFV)."""

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Protocol
 
 from common.crypto.blob import (
     PREAMBLE_BYTES,
     UNBOUND,
+    UPDATE,
     Binding,
     BlobHeader,
     decode_blob,
@@ -19,7 +21,8 @@ from common.crypto.blob import (
     payload_digest,
     read_header,
 )
-from common.crypto.config import CKKS, HEConfig
+from common.crypto.config import CKKS
+from common.crypto.keys import Manifest
 from common.errors import BlobError
 
 PLAIN = "plain"
@@ -35,7 +38,8 @@ class BlobSpec:
     """Scheme, encoding, identity and chunk geometry every blob of one bundle shares.
 
     Every chunk carries exactly ``values_per_chunk`` values (the last one zero-padded) in exactly
-    ``chunk_bytes`` bytes; ``max_hospitals`` caps ``summands``.
+    ``update_chunk_bytes`` bytes in an update (seeded ciphertexts) and ``chunk_bytes`` in any
+    other blob (full ones: sums); ``max_hospitals`` caps ``summands``.
     """
 
     scheme: str
@@ -44,8 +48,13 @@ class BlobSpec:
     key_id: str
     values_per_chunk: int
     chunk_bytes: int
-    coeff_bytes: int
+    update_chunk_bytes: int
+    coeff_bits: int
     max_hospitals: int
+
+    def chunk_bytes_of(self, kind: str) -> int:
+        """The size of every chunk of a ``kind`` blob."""
+        return self.update_chunk_bytes if kind == UPDATE else self.chunk_bytes
 
     def chunk_count(self, value_count: int) -> int:
         return -(-value_count // self.values_per_chunk)
@@ -54,7 +63,8 @@ class BlobSpec:
         """The most bytes a blob of ``value_count`` values can take (header allowance included):
         a store refuses anything larger before reading it."""
         chunks = self.chunk_count(value_count)
-        return PREAMBLE_BYTES + 4096 + 16 * chunks + chunks * self.chunk_bytes
+        largest = max(self.chunk_bytes, self.update_chunk_bytes)
+        return PREAMBLE_BYTES + 4096 + 16 * chunks + chunks * largest
 
     def encode(
         self,
@@ -80,7 +90,7 @@ class BlobSpec:
             value_count=value_count,
             chunk_count=len(chunks),
             chunk_bytes=tuple(len(chunk) for chunk in chunks),
-            coeff_bytes=self.coeff_bytes,
+            coeff_bits=self.coeff_bits,
             summands=summands,
             payload_sha256=payload_digest(chunks),
         )
@@ -115,10 +125,9 @@ class BlobSpec:
         self._check_geometry(header)
 
     def _check_geometry(self, header: BlobHeader) -> None:
-        if header.coeff_bytes != self.coeff_bytes:
+        if header.coeff_bits != self.coeff_bits:
             raise BlobError(
-                f"blob keeps {header.coeff_bytes} bytes per coefficient, "
-                f"expected {self.coeff_bytes}"
+                f"blob keeps {header.coeff_bits} bits per coefficient, expected {self.coeff_bits}"
             )
         expected = self.chunk_count(header.value_count)
         if header.chunk_count != expected:
@@ -126,10 +135,11 @@ class BlobSpec:
                 f"blob has {header.chunk_count} chunks for {header.value_count} values, "
                 f"expected {expected}"
             )
+        size = self.chunk_bytes_of(header.kind)
         for index, length in enumerate(header.chunk_bytes):
-            if length != self.chunk_bytes:
+            if length != size:
                 raise BlobError(
-                    f"blob chunk {index} is {length} bytes, expected {self.chunk_bytes}"
+                    f"{header.kind} blob chunk {index} is {length} bytes, expected {size}"
                 )
         if header.summands > self.max_hospitals:
             raise BlobError(
@@ -146,13 +156,23 @@ def plain_spec(max_hospitals: int) -> BlobSpec:
         key_id=PLAIN_KEY_ID,
         values_per_chunk=PLAIN_VALUES_PER_CHUNK,
         chunk_bytes=PLAIN_VALUES_PER_CHUNK * 8,
-        coeff_bytes=8,
+        update_chunk_bytes=PLAIN_VALUES_PER_CHUNK * 8,
+        coeff_bits=64,
         max_hospitals=max_hospitals,
     )
 
 
-def he_spec(config: HEConfig, *, param_digest: str, key_id: str, coeff_bytes: int) -> BlobSpec:
-    """Spec of a CKKS or BFV bundle: one 2-polynomial ciphertext at one prime per chunk."""
+class ChunkGeometry(Protocol):
+    """What a SEAL context makes of a chunk (``common.crypto.seal.SealPublic``)."""
+
+    coeff_bits: int
+    chunk_bytes: int
+    seeded_chunk_bytes: int
+
+
+def he_spec(manifest: Manifest, geometry: ChunkGeometry) -> BlobSpec:
+    """Spec of a CKKS or BFV bundle: one ciphertext at one prime per chunk, seeded in updates."""
+    config = manifest.config
     if config.scheme == CKKS:
         encoding = f"ckks-complex-pairs/scale-bits={config.scale_bits}"
     else:
@@ -160,10 +180,11 @@ def he_spec(config: HEConfig, *, param_digest: str, key_id: str, coeff_bytes: in
     return BlobSpec(
         scheme=config.scheme,
         encoding=encoding,
-        param_digest=param_digest,
-        key_id=key_id,
+        param_digest=manifest.param_digest,
+        key_id=manifest.key_id,
         values_per_chunk=config.values_per_ciphertext,
-        chunk_bytes=2 * config.poly_modulus_degree * coeff_bytes,
-        coeff_bytes=coeff_bytes,
+        chunk_bytes=geometry.chunk_bytes,
+        update_chunk_bytes=geometry.seeded_chunk_bytes,
+        coeff_bits=geometry.coeff_bits,
         max_hospitals=config.max_hospitals,
     )

@@ -29,6 +29,7 @@ from common.crypto import (
     plain_aggregator,
     plain_cipher,
     run_key_ceremony,
+    seal_layout,
 )
 from common.crypto.blob import FORMAT_VERSION, BlobHeader
 from common.crypto.plain_aggregator import Float64Chunks
@@ -67,10 +68,11 @@ def inputs(count: int, seed: int = 0, length: int = LENGTH) -> list[np.ndarray]:
 
 
 def tolerance(setup: Setup, summands: int) -> float:
-    """CKKS: the 1e-6 requirement. BFV: K times its resolution 2**-f. Plain: float rounding."""
+    """CKKS: the configuration's stated error bound. BFV: K times its resolution 2**-f. Plain:
+    float rounding."""
     if isinstance(setup.cipher, BfvCipher):
         return summands * setup.cipher.resolution
-    return 1e-6 if setup.cipher.scheme == "ckks" else 1e-12
+    return HEConfig().error_bound(summands) if setup.cipher.scheme == "ckks" else 1e-12
 
 
 def header_of(blob: bytes) -> BlobHeader:
@@ -109,7 +111,6 @@ def test_the_sum_of_encrypted_vectors_equals_the_plaintext_sum(setup: Setup, cou
 def corruptions(setup: Setup, tmp: Path) -> dict[str, bytes]:
     """One bad blob per way a blob can be wrong."""
     good = setup.cipher.encrypt(inputs(1, seed=99)[0])
-    header = header_of(good)
     flipped = bytearray(good)
     flipped[-100] ^= 0x10
     version = bytearray(good)
@@ -122,7 +123,7 @@ def corruptions(setup: Setup, tmp: Path) -> dict[str, bytes]:
         expect_key_id=spec.key_id,
     )
     out_of_range = bytearray(chunks[0])
-    out_of_range[: header.coeff_bytes] = b"\xff" * header.coeff_bytes
+    out_of_range[:8] = b"\xff" * 8  # the first coefficient: all ones, above its prime
     bad = {
         "truncated": good[: len(good) // 2],
         "wrong_version": bytes(version),
@@ -138,6 +139,49 @@ def corruptions(setup: Setup, tmp: Path) -> dict[str, bytes]:
         broken = [bytes(out_of_range), *chunks[1:]]
         bad["coefficient_not_below_q"] = reencode(good, setup, chunks=broken)
     return bad
+
+
+@pytest.mark.parametrize("scheme", ["ckks", "bfv"])
+def test_seeded_updates_load_without_the_secret_key_and_sum_with_full_blobs(
+    scheme: str, tmp_path: Path
+) -> None:
+    he = make_setup(tmp_path, scheme)
+    a, b, c = inputs(3, seed=7)
+    seeded = he.cipher.encrypt(a)  # an update: secret-key encryption, seeded
+    full = he.cipher.encrypt(b, kind="weight")  # any other kind: public-key encryption, full
+    small, big = header_of(seeded).chunk_bytes[0], header_of(full).chunk_bytes[0]
+    assert small == -(-N * header_of(seeded).coeff_bits // 8) + 65
+    assert big == -(-2 * N * header_of(full).coeff_bits // 8)
+    # The coordinator's material: a context and a public key (its bundle refuses a secret key).
+    coordinator = open_aggregator(he.coordinator_dir)
+    running = coordinator.new_sum()
+    for blob in (seeded, full, he.cipher.encrypt(c)):
+        running.add(blob)
+    aggregate = running.to_blob()
+    assert header_of(aggregate).chunk_bytes == (big, big)  # a sum is a full ciphertext
+    total = he.cipher.decrypt(aggregate)
+    # A public-key encryption is noisier than a seeded one: a margin of 8 for it.
+    assert np.abs(total - (a + b + c)).max() <= 8 * tolerance(he, 3)
+
+
+@pytest.mark.parametrize("scheme", ["ckks", "bfv"])
+def test_max_hospitals_uploads_at_the_value_bound_sum_within_the_stated_error_bound(
+    scheme: str, tmp_path: Path
+) -> None:
+    config = HEConfig(scheme=scheme)
+    he = make_setup(tmp_path, scheme)
+    bound, hospitals = he.cipher.value_bound, config.max_hospitals
+    assert bound == config.value_bound
+    # Every slot at the bound: the sums reach +-max_hospitals * bound, the largest they may.
+    signs = np.where(np.random.default_rng(3).random(N) < 0.5, -1.0, 1.0)
+    running = he.aggregator.new_sum()
+    for _ in range(hospitals):
+        running.add(he.cipher.encrypt(bound * signs))
+    total = he.cipher.decrypt(running.to_blob())
+    error = np.abs(total - hospitals * bound * signs).max()
+    assert error <= config.error_bound(hospitals)
+    if scheme == "ckks":  # the bound is a few times what a sum of fresh noise reaches
+        assert config.error_bound(hospitals) / 10 < error
 
 
 def test_a_bad_blob_is_rejected_and_leaves_the_sum_unchanged(setup: Setup, tmp_path: Path) -> None:
@@ -197,9 +241,10 @@ def test_garbage_ciphertexts_are_caught_at_decryption(scheme: str, tmp_path: Pat
     good = he.cipher.encrypt(np.ones(10))
     header = header_of(good)
     rng = np.random.default_rng(1)
-    modulus = 2 ** (8 * header.coeff_bytes - 8)  # below any prime of that width
-    coeffs = rng.integers(0, modulus, 2 * N, dtype=np.uint64).astype("<u8")
-    chunk = coeffs.view(np.uint8).reshape(-1, 8)[:, : header.coeff_bytes].tobytes()
+    modulus = 2 ** (header.coeff_bits - 1)  # below any prime of that width
+    coeffs = rng.integers(0, modulus, N, dtype=np.uint64)
+    seed = good[-65:]  # a seeded update: garbage first polynomial, a valid seed
+    chunk = seal_layout.pack(coeffs, header.coeff_bits) + seed
     forged = reencode(good, he, chunks=[chunk])
     running = he.aggregator.new_sum()
     running.add(forged)

@@ -41,7 +41,7 @@ def make_header(chunks: list[bytes] = CHUNKS, **changes: Any) -> BlobHeader:
         value_count=10,
         chunk_count=len(chunks),
         chunk_bytes=tuple(len(chunk) for chunk in chunks),
-        coeff_bytes=3,
+        coeff_bits=24,
         summands=1,
         payload_sha256=payload_digest(chunks),
     )
@@ -157,7 +157,7 @@ def test_chunk_count_inconsistent_with_lengths_is_rejected() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("value_count", 0), ("summands", 0), ("value_count", "10"), ("coeff_bytes", 9)],
+    [("value_count", 0), ("summands", 0), ("value_count", "10"), ("coeff_bits", 65)],
 )
 def test_header_with_bad_counts_is_rejected(field: str, value: object) -> None:
     fields = json.loads(make_header().to_json())
@@ -206,7 +206,8 @@ SPEC = BlobSpec(
     key_id=KEY,
     values_per_chunk=4,
     chunk_bytes=12,
-    coeff_bytes=3,
+    update_chunk_bytes=12,
+    coeff_bits=24,
     max_hospitals=5,
 )
 
@@ -222,7 +223,7 @@ def test_spec_round_trip() -> None:
     ("changes", "message"),
     [
         ({"encoding": "other"}, "encoding 'other'"),
-        ({"coeff_bytes": 4}, "keeps 4 bytes per coefficient"),
+        ({"coeff_bits": 32}, "keeps 32 bits per coefficient"),
         ({"value_count": 20}, "3 chunks for 20 values, expected 5"),
         ({"summands": 6}, "above max_hospitals 5"),
     ],

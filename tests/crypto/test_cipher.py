@@ -99,8 +99,10 @@ def test_upload_header_describes_the_blob(ciphers: dict[str, Cipher], scheme: st
 def test_ckks_packs_two_reals_per_slot_in_few_ciphertexts(ciphers: dict[str, Cipher]) -> None:
     header = header_of(ciphers["ckks"].encrypt(np.zeros(MODEL_SIZE)), ciphers["ckks"])
     assert header.chunk_count == -(-MODEL_SIZE // N) == 11
-    assert header.coeff_bytes == 7  # 56-bit data prime
-    assert header.chunk_bytes == (2 * N * 7,) * 11
+    bits = header.coeff_bits
+    assert bits == ciphers["ckks"].spec.coeff_bits
+    # An update: seeded ciphertexts, the first polynomial and SEAL's 65-byte PRNG seed.
+    assert header.chunk_bytes == (-(-N * bits // 8) + 65,) * 11
 
 
 @pytest.mark.parametrize("scheme", ["ckks", "bfv"])

@@ -19,54 +19,130 @@ def seal_header(size: int, *, magic: int = 0xA15E, major: int = 4, compr: int = 
     return struct.pack("<HBBBBHQ", magic, 16, major, 1, compr, 0, size)
 
 
-def fake_ciphertext(coeffs: np.ndarray, **header: int) -> bytes:
+def fake_ciphertext(coeffs: np.ndarray, *, seed: bytes | None = None, **header: int) -> bytes:
+    """SEAL's bytes of a 2-polynomial ciphertext: full, or seeded (``coeffs`` of the first
+    polynomial alone, then the PRNG info)."""
     count = len(coeffs)
     data = seal_header(16 + 8 + 8 * count) + struct.pack("<Q", count) + coeffs.tobytes()
+    if seed is not None:
+        data += seal_header(16 + len(seed)) + seed
     members = struct.pack("<32s?QQQdQ", b"\x07" * 32, True, 2, DEGREE, 1, 2.0**40, 1)
     total = 16 + len(members) + len(data)
     return seal_header(total, **header) + members + data
 
 
-def random_coeffs(seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, Q, 2 * DEGREE, dtype=np.uint64)
+def random_coeffs(seed: int = 0, polys: int = 2, modulus: int = Q) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, modulus, polys * DEGREE, dtype=np.uint64)
 
 
-def test_parse_compact_expand_assemble_round_trip() -> None:
+SEED = bytes([1]) + bytes(range(64))  # blake2xb, and 64 seed bytes
+
+
+def test_parse_pack_expand_assemble_round_trip() -> None:
     coeffs = random_coeffs()
     data = fake_ciphertext(coeffs)
     layout = seal_layout.parse_ciphertext(data)
     assert (layout.polys, layout.degree, layout.primes) == (2, DEGREE, 1)
+    assert layout.seed is None
     assert len(layout.prefix) == seal_layout.CIPHERTEXT_PREFIX_BYTES
-    width = seal_layout.coeff_bytes_for(Q)
-    chunk = seal_layout.compact(layout.coeffs, width)
+    bits = seal_layout.coeff_bits_for(Q)
+    chunk = seal_layout.pack(layout.coeffs, bits)
     assert len(chunk) == 2 * DEGREE * 7
-    restored = seal_layout.expand(chunk, width=width, degree=DEGREE, moduli=[Q])
+    restored = seal_layout.expand(chunk, bits=bits, degree=DEGREE, moduli=[Q])
     assert seal_layout.assemble(layout.prefix, restored) == data
 
 
+def test_a_seeded_ciphertext_round_trips_with_one_polynomial_and_its_seed() -> None:
+    first = random_coeffs(polys=1)
+    data = fake_ciphertext(first, seed=SEED)
+    layout = seal_layout.parse_ciphertext(data)
+    assert (layout.polys, layout.degree, layout.primes) == (2, DEGREE, 1)
+    assert layout.seed == SEED
+    assert np.array_equal(layout.coeffs, first)
+    # the same prefix as a full ciphertext of this shape but for the sizes it declares
+    full = seal_layout.parse_ciphertext(fake_ciphertext(random_coeffs()))
+    assert seal_layout.members(layout.prefix) == seal_layout.members(full.prefix)
+    assert seal_layout.assemble(full.prefix, first, SEED) == data
+    assert seal_layout.assemble(layout.prefix, random_coeffs(1)) == fake_ciphertext(
+        random_coeffs(1)
+    )
+
+
 @pytest.mark.parametrize(
-    ("modulus", "width"), [(2**56 - 5, 7), (2**60 - 93, 8), (2**49 - 1, 7), (2**48 - 59, 6)]
+    ("seed", "message"),
+    [(bytes([0]) + bytes(64), "PRNG type 0"), (bytes([1]) + bytes(63), "does not fit")],
+    ids=["unknown-prng", "short-seed"],
 )
-def test_coefficient_width_follows_the_modulus(modulus: int, width: int) -> None:
-    assert seal_layout.coeff_bytes_for(modulus) == width
+def test_parse_rejects_a_foreign_seed(seed: bytes, message: str) -> None:
+    with pytest.raises(CryptoError, match=message):
+        seal_layout.parse_ciphertext(fake_ciphertext(random_coeffs(polys=1), seed=seed))
 
 
-def test_expand_rejects_a_coefficient_not_below_the_modulus() -> None:
-    coeffs = random_coeffs()
-    coeffs[5] = Q
-    chunk = seal_layout.compact(coeffs, 7)
+def test_assemble_refuses_a_seed_of_the_wrong_length_or_type() -> None:
+    prefix = seal_layout.parse_ciphertext(fake_ciphertext(random_coeffs())).prefix
+    with pytest.raises(BlobError, match="seed is 65 bytes"):
+        seal_layout.assemble(prefix, random_coeffs(polys=1), SEED[:-1])
+    with pytest.raises(BlobError, match="PRNG type 9"):
+        seal_layout.assemble(prefix, random_coeffs(polys=1), bytes([9]) + SEED[1:])
+
+
+@pytest.mark.parametrize("bits", [1, 7, 20, 36, 40, 45, 50, 56, 60, 63, 64])
+def test_pack_keeps_exactly_the_low_bits_at_bit_granularity(bits: int) -> None:
+    rng = np.random.default_rng(bits)
+    count = 2 * DEGREE + 3  # not a multiple of 8: the last byte is padded
+    high = 1 << bits if bits < 64 else None
+    coeffs = (
+        rng.integers(0, high, count, dtype=np.uint64)
+        if high
+        else rng.integers(0, 2**63, count, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+    )
+    packed = seal_layout.pack(coeffs, bits)
+    assert len(packed) == seal_layout.packed_bytes(count, bits) == -(-count * bits // 8)
+    assert np.array_equal(seal_layout.unpack(packed, bits, count), coeffs)
+    # the bit stream is the coefficients' low bits, little-endian, back to back
+    stream = sum(int(c) << (i * bits) for i, c in enumerate(coeffs))
+    assert packed == stream.to_bytes(len(packed), "little")
+
+
+def test_unpack_refuses_non_zero_padding_and_a_wrong_length() -> None:
+    packed = bytearray(seal_layout.pack(random_coeffs(modulus=2**36), 36))
+    assert len(packed) == 72  # 16 x 36 bits: no padding
+    three = bytearray(seal_layout.pack(np.arange(3, dtype=np.uint64), 36))  # 108 bits in 14 bytes
+    three[-1] |= 0x80
+    with pytest.raises(BlobError, match="padding bits are not zero"):
+        seal_layout.unpack(bytes(three), 36, 3)
+    with pytest.raises(BlobError, match="expected 72"):
+        seal_layout.unpack(bytes(packed[:-1]), 36, 16)
+
+
+@pytest.mark.parametrize(
+    ("modulus", "bits"),
+    [(2**56 - 5, 56), (2**60 - 93, 60), (2**49 - 1, 49), (2**48 - 59, 48), (2**36 - 5, 36)],
+)
+def test_coefficient_width_follows_the_modulus(modulus: int, bits: int) -> None:
+    assert seal_layout.coeff_bits_for(modulus) == bits
+
+
+@pytest.mark.parametrize("polys", [1, 2])
+def test_expand_rejects_a_coefficient_not_below_the_modulus(polys: int) -> None:
+    modulus = 2**36 - 5
+    coeffs = random_coeffs(polys=polys, modulus=modulus)
+    coeffs[5] = modulus
+    chunk = seal_layout.pack(coeffs, 36)
     with pytest.raises(BlobError, match="coefficient 5 is not below its modulus"):
-        seal_layout.expand(chunk, width=7, degree=DEGREE, moduli=[Q])
+        seal_layout.expand(chunk, bits=36, degree=DEGREE, moduli=[modulus], polys=polys)
 
 
 def test_expand_rejects_a_chunk_of_the_wrong_length() -> None:
     with pytest.raises(BlobError, match="expected 112"):
-        seal_layout.expand(b"\x00" * 111, width=7, degree=DEGREE, moduli=[Q])
+        seal_layout.expand(b"\x00" * 111, bits=56, degree=DEGREE, moduli=[Q])
 
 
-def test_compact_refuses_to_drop_non_zero_bytes() -> None:
-    with pytest.raises(CryptoError, match="more than 7 bytes"):
-        seal_layout.compact(np.array([1 << 60], dtype=np.uint64), 7)
+def test_pack_refuses_to_drop_non_zero_bits() -> None:
+    with pytest.raises(CryptoError, match="more than 56 bits"):
+        seal_layout.pack(np.array([1 << 60], dtype=np.uint64), 56)
+    with pytest.raises(CryptoError, match="more than 36 bits"):
+        seal_layout.pack(np.array([1 << 36], dtype=np.uint64), 36)
 
 
 @pytest.mark.parametrize(
