@@ -5,7 +5,8 @@ Uses the Docker SDK for Python (the ``docker`` package, pyproject's ``ops`` extr
 site is its own service (``hospital-K``, with its one-shot ``keys-hospital-K``); the IDENTITY
 column is the ``HEFL_HOSPITAL`` a container was configured with. Progress is the coordinator's
 last ``round N/M closed`` line and, when this user can read the coordinator's state volume, the
-persisted run state (phase, round, accepted hospitals per round).
+persisted run state (phase, round, accepted hospitals per round). Last, the URLs of the
+coordinator's status page and of Prometheus, at the host ports compose published them on.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import docker
 
 ROUND_LINE = re.compile(r"^(round \d+/\d+ closed.*|run .* finished.*)$", re.MULTILINE)
 IDENTITY = "HEFL_HOSPITAL="
+#: service -> (what it serves, its port inside the container) (docker/compose.yaml)
+PUBLISHED = {"coordinator": ("status page", 8080), "prometheus": ("prometheus", 9090)}
 
 
 def describe(container: Any) -> dict[str, str]:
@@ -48,6 +51,34 @@ def _order(row: dict[str, str]) -> tuple[str, int, str]:
     """Services by name, hospital-2 before hospital-10."""
     stem, _, number = row["service"].rpartition("-")
     return (stem, int(number), row["container"]) if number.isdigit() else (row["service"], 0, "")
+
+
+def published_url(container: Any, port: int) -> str | None:
+    """``http://HOST:PORT/`` where the host reaches ``port`` of the container: its live binding
+    when it runs, else the one it was created with (compose publishes on 127.0.0.1)."""
+    key = f"{port}/tcp"
+    bindings = (container.attrs["NetworkSettings"].get("Ports") or {}).get(key) or (
+        container.attrs["HostConfig"].get("PortBindings") or {}
+    ).get(key)
+    if not bindings:
+        return None
+    host = bindings[0].get("HostIp") or "127.0.0.1"
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1"
+    return f"http://{host}:{bindings[0]['HostPort']}/" if bindings[0].get("HostPort") else None
+
+
+def urls(containers: list[Any]) -> dict[str, str]:
+    """What the operator opens: the status page and Prometheus, with the container's state."""
+    found = {}
+    for container in containers:
+        service = container.labels.get("com.docker.compose.service")
+        if service in PUBLISHED:
+            what, port = PUBLISHED[service]
+            url = published_url(container, port)
+            if url is not None:
+                found[what] = url + ("" if container.status == "running" else " (not running)")
+    return found
 
 
 def run_state(client: Any, project: str, run: str | None) -> dict[str, Any] | None:
@@ -87,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
             progress = ROUND_LINE.findall(container.logs(tail=5000).decode(errors="replace"))
     state = run_state(client, args.project, args.run)
     if args.json:
-        print(json.dumps({"containers": rows, "progress": progress, "state": state}, indent=2))
+        found = {"containers": rows, "progress": progress, "state": state, "urls": urls(containers)}
+        print(json.dumps(found, indent=2))
         return 0
     if not rows:
         print(f"no containers of project {args.project}: make up")
@@ -105,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
             f"run {state.get('run')}: phase {state.get('phase')} round {state.get('round')} "
             f"accepted per round {accepted} rejected {state.get('rejected')}"
         )
+    for what, url in urls(containers).items():
+        print(f"{what}: {url}")
     return 0
 
 

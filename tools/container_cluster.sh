@@ -2,14 +2,16 @@
 # The compose cluster, as the Makefile drives it:
 #   tools/container_cluster.sh up [N]     credentials, images, start with N hospital sites, follow
 #   tools/container_cluster.sh scale N    set the number of hospital sites (hospital-1..N)
-#   tools/container_cluster.sh status     containers, health, identities, run progress
+#   tools/container_cluster.sh status     containers, health, identities, run progress, the
+#                                         status page's and Prometheus's URLs
 #   tools/container_cluster.sh logs       follow every service's log
 #   tools/container_cluster.sh down       stop and remove containers (volumes kept)
 #   tools/container_cluster.sh clean      down, and remove volumes, images, credentials and CA
 # Uses `docker compose` (the v2 plugin) when present, else `docker-compose` (1.29 or v2);
 # HEFL_COMPOSE="docker-compose" (or another command) picks one.
-# Environment: see docker/compose.yaml (HEFL_ROUNDS, HEFL_HOSPITALS, ...), BASE_IMAGE,
-# RABBITMQ_IMAGE, OFFLINE, HEFL_SKIP_BUILD=1 (use the images already built), HEFL_FOLLOW=0.
+# Environment: see docker/compose.yaml (HEFL_ROUNDS, HEFL_HOSPITALS, HEFL_STATUS_PORT, ...),
+# BASE_IMAGE, PROMETHEUS_BASE_IMAGE, RABBITMQ_IMAGE, OFFLINE, HEFL_SKIP_BUILD=1 (use the images
+# already built), HEFL_FOLLOW=0.
 # Identities: a new cluster issues HEFL_HOSPITALS of them (at least N; `up N` sets it to N when
 # unset), once; the count is remembered in docker/.env. Each identity is one site: the services
 # keys-hospital-K and hospital-K of the override docker/.generated/<project>.yaml, which
@@ -17,10 +19,14 @@
 # passwords are files in docker/.secrets/ (docker/broker_credentials.py), one user per identity;
 # so is the broker's TLS material (docker/.secrets/tls/: the private CA's certificate, the
 # broker's certificate and key; the CA's key is never written), kept until `clean`.
+# Prometheus's target file of the running sites (docker/.generated/<project>-targets/sites.json)
+# is written with the override, so `scale` updates what Prometheus scrapes without a restart.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PROJECT=${HEFL_PROJECT:-hefl}
 SITES=docker/.generated/$PROJECT.yaml
+TARGETS=docker/.generated/$PROJECT-targets   # mounted by the prometheus service (compose.yaml)
+export HEFL_PROJECT=$PROJECT
 if [ -n "${HEFL_COMPOSE:-}" ]; then read -r -a COMPOSE <<<"$HEFL_COMPOSE"
 elif docker compose version >/dev/null 2>&1; then COMPOSE=(docker compose)
 elif command -v docker-compose >/dev/null 2>&1; then COMPOSE=(docker-compose)
@@ -72,12 +78,12 @@ identities_for_up() {
   export HEFL_HOSPITALS=$issued
 }
 
-# `sites N`: write the override for N sites (hefl.sites refuses more than the identities issued)
-# and print its site services.
+# `sites N`: write the override and Prometheus's target file for N sites (hefl.sites refuses
+# more than the identities issued) and print the override's site services.
 sites() {
   local issued; issued=$(issued_identities)
   [ -n "$issued" ] || { echo "error: no cluster keys issued yet: make up" >&2; exit 2; }
-  py -m hefl.sites compose --sites "$1" --issued "$issued" --out "$SITES"
+  py -m hefl.sites compose --sites "$1" --issued "$issued" --out "$SITES" --targets "$TARGETS/sites.json"
 }
 
 case "${1:-}" in
@@ -87,7 +93,7 @@ case "${1:-}" in
     sites "$n" >/dev/null
     py docker/broker_credentials.py --hospitals "$HEFL_HOSPITALS"
     export HEFL_EXPECT_HOSPITALS=${HEFL_EXPECT_HOSPITALS:-$n}
-    [ "${HEFL_SKIP_BUILD:-0}" = 1 ] || bash tools/container_build.sh coordinator hospital
+    [ "${HEFL_SKIP_BUILD:-0}" = 1 ] || bash tools/container_build.sh coordinator hospital prometheus
     echo "[cluster] $("${COMPOSE[@]}" version 2>/dev/null | head -1) ('${COMPOSE[*]}')" >&2
     compose up -d --remove-orphans
     [ "${HEFL_FOLLOW:-1}" = 1 ] && follow ;;
@@ -102,8 +108,9 @@ case "${1:-}" in
   down) compose down --remove-orphans ;;   # keys, shards, store and models stay
   clean)
     compose down --remove-orphans --volumes
-    docker image rm -f "hefl-coordinator:${HEFL_TAG:-latest}" "hefl-hospital:${HEFL_TAG:-latest}" 2>/dev/null || true
-    rm -rf docker/.env docker/.secrets "$SITES" ;;
+    docker image rm -f "hefl-coordinator:${HEFL_TAG:-latest}" "hefl-hospital:${HEFL_TAG:-latest}" \
+      "hefl-prometheus:${HEFL_TAG:-latest}" 2>/dev/null || true
+    rm -rf docker/.env docker/.secrets "$SITES" "$TARGETS" ;;
   compose) shift; compose "$@" ;;
-  *) sed -n '2,19p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,23p' "$0" >&2; exit 2 ;;
 esac

@@ -1,8 +1,10 @@
 """``python -m hefl.sites``: write the per-site definitions of a cluster (host tool).
 
     python -m hefl.sites compose --sites N --issued M --out docker/.generated/hefl.yaml
+            [--targets docker/.generated/hefl-targets/sites.json]
         the compose override for N sites of a cluster whose keys hold M identities; prints the
-        sites' services (for `compose up` of the sites alone), refuses N > M (exit 2)
+        sites' services (for `compose up` of the sites alone), refuses N > M (exit 2); with
+        --targets, also Prometheus's target file for those N sites (file-based discovery)
     python -m hefl.sites k8s --sites N [--out k8s/hospitals.yaml]
         one Deployment per site from k8s/templates/hospital-site.yaml
 
@@ -12,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -47,6 +50,9 @@ def _compose(args: argparse.Namespace) -> int:
         generated, sort_keys=False, default_flow_style=False
     )
     _write(args.out, text)
+    if args.targets is not None:
+        targets = compose.scrape_targets(base, sites=args.sites, issued=args.issued)
+        _write(args.targets, json.dumps(targets, indent=2) + "\n")
     print(" ".join(compose.site_services(generated)))
     return 0
 
@@ -77,6 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     on_compose.add_argument("--base", type=Path, default=ROOT / "docker" / "compose.yaml")
     on_compose.add_argument("--out", type=Path, required=True)
+    on_compose.add_argument(
+        "--targets", type=Path, help="also write Prometheus's target file of the sites here"
+    )
     on_compose.set_defaults(run=_compose)
     on_k8s = commands.add_parser("k8s", help="one Deployment per site, for the kustomize base")
     on_k8s.add_argument("--sites", type=int, required=True, help="sites to run (HOSPITALS)")

@@ -14,6 +14,9 @@ of one site's share) and ``x-hospital-site`` (the site itself). ``override`` rep
 
 Key volumes and broker secrets are declared for every issued identity, so scaling down leaves
 a site's keys in place for scaling up again, and ``down --volumes`` removes them all.
+
+``scrape_targets`` lists the same sites for Prometheus (its file-based discovery): each site's
+``/metrics`` at the port the site template gives ``HEFL_HTTP_PORT``, labelled with the site.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ SITE_TEMPLATE: Final = "x-hospital-site"
 SECRETS_DIR: Final = "./.secrets/broker"
 PASSWORD_TARGET: Final = "broker-password"  # /run/secrets/broker-password
 KEYS_MOUNT: Final = "/keys"
+#: The site template's variable naming the port of its /metrics (hefl --http-port).
+METRICS_PORT_VARIABLE: Final = "HEFL_HTTP_PORT"
 DONE: Final = {"condition": "service_completed_successfully"}
 
 
@@ -71,6 +76,19 @@ def override(base: Mapping[str, Any], *, sites: int, issued: int) -> dict[str, A
         "volumes": {key_volume(site): {} for site in everyone},
         "secrets": {password_secret(site): {"file": password_file(site)} for site in everyone},
     }
+
+
+def scrape_targets(base: Mapping[str, Any], *, sites: int, issued: int) -> list[dict[str, Any]]:
+    """Prometheus's file-based discovery of the ``sites`` sites that ``override`` runs: one
+    group per site (``hospital-K:PORT``, label ``site``), none when the template serves no
+    metrics (no ``HEFL_HTTP_PORT``)."""
+    names = check_sites(sites, issued)
+    port = _template(base, SITE_TEMPLATE).get("environment", {}).get(METRICS_PORT_VARIABLE)
+    if port in (None, ""):
+        return []
+    if not str(port).isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"the {SITE_TEMPLATE} template's {METRICS_PORT_VARIABLE} is {port!r}")
+    return [{"targets": [f"{site}:{int(port)}"], "labels": {"site": site}} for site in names]
 
 
 def site_services(override_: Mapping[str, Any]) -> list[str]:

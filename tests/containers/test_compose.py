@@ -22,6 +22,13 @@ What it does (as root, on a fresh Debian machine; a few minutes after the first 
    connection is TLS (the broker has no plain listener), only the broker holds its key and the
    CA's key was never written; that a client without the cluster's CA is refused and one with it
    logs in (a throw-away container on the cluster's network); then ``down``.
+5. Monitoring (issue 16): the status page answers on the host's localhost with the run id and
+   its /metrics names no hospital; with the coordinator frozen after the scale, Prometheus (its
+   own image, on both networks) has found hospital-4 through the target file ``make scale``
+   rewrote, without a restart, and scraped all 4 sites, whose rounds-done counters it reports per
+   site; a hospital container cannot connect to the coordinator (by name, by address, nor through
+   the host's published port); while the coordinator lingers after the run
+   (``HEFL_HTTP_LINGER``), Prometheus reports its last scrape: every round closed.
 
 It needs root (dockerd); without root it fails with the reason, never skips.
 """
@@ -34,9 +41,13 @@ import os
 import re
 import subprocess
 import time
+import urllib.parse
+import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +59,7 @@ from hefl.keylayout import KeyLayout, Share
 from hefl.keyshare import key_files
 from testkit import images as testkit_images
 from testkit.cluster import read_signed_state, sample_csv
-from testkit.images import Build
+from testkit.images import STANDIN_PYTHON, Build
 from tests.containers.keyfiles import (
     SIGNING,
     FoundKey,
@@ -71,6 +82,11 @@ ROUND_TIMEOUT = 90
 # dropped after this, and the others mask afresh (shorter than a round: uploads take a second).
 MASK_TIMEOUT = 10
 STANDIN_RABBITMQ = "hefl-standin/rabbitmq:3-management"
+# Seconds the coordinator keeps serving its status page and /metrics after the run ended: time
+# for Prometheus (a scrape every 5 s, docker/prometheus/compose.yml) to record the end.
+HTTP_LINGER = 30
+STATUS_PORT = 8080  # the coordinator's, inside the container
+SITE_METRICS_PORT = 9100  # each site's, inside the container (never published)
 TOOLS = ROOT / ".venv-tools" / "bin"
 
 
@@ -102,6 +118,9 @@ def images(engine: Any) -> Build:
     except testkit_images.ImageError as exc:
         pytest.fail(str(exc), pytrace=False)
     print(f"images built in {build.seconds:.0f} s, sizes MB {build.sizes_mb}")
+    # hefl-prometheus: Debian's package on the Debian stand-in (make up builds all three).
+    env = dict(os.environ, PROMETHEUS_BASE_IMAGE=STANDIN_PYTHON, HEFL_TAG="latest")
+    sh("bash", "tools/container_build.sh", "prometheus", env=env, timeout=1800)
     return build
 
 
@@ -112,6 +131,7 @@ class Cluster:
         self.client = client
         self.flavour = flavour  # which compose implementation drives it (COMPOSE_VERSION)
         self.project = f"hefl-e2e-{uuid.uuid4().hex[:6]}"
+        ports = int(uuid.uuid4().int % 200)  # host ports of this project: 157xx, 187xx, 197xx
         self.env = dict(
             os.environ,
             **compose,
@@ -127,7 +147,10 @@ class Cluster:
             HEFL_MASK_TIMEOUT=str(MASK_TIMEOUT),
             HEFL_FINAL_TIMEOUT="20",
             HEFL_MODEL_FLAGS="--hidden 8 --batch-size 64 --local-epochs 1",
-            HEFL_MANAGEMENT_PORT=str(15700 + int(uuid.uuid4().int % 200)),
+            HEFL_MANAGEMENT_PORT=str(15700 + ports),
+            HEFL_STATUS_PORT=str(18700 + ports),
+            HEFL_PROMETHEUS_PORT=str(19700 + ports),
+            HEFL_HTTP_LINGER=str(HTTP_LINGER),
         )
         self.up_process: subprocess.Popen[str] | None = None
 
@@ -236,6 +259,48 @@ class Cluster:
             timeout=300,
         )
         (ROOT / "docker" / ".generated" / f"{self.project}.yaml").unlink(missing_ok=True)
+        targets = ROOT / "docker" / ".generated" / f"{self.project}-targets"
+        (targets / "sites.json").unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            targets.rmdir()
+
+    # -- monitoring, as the operator reaches it on the host's localhost --------------------------
+
+    def url(self, service: str, path: str) -> str:
+        port = self.env["HEFL_STATUS_PORT" if service == "coordinator" else "HEFL_PROMETHEUS_PORT"]
+        return f"http://127.0.0.1:{port}{path}"
+
+    def get(self, service: str, path: str) -> str:
+        with urllib.request.urlopen(self.url(service, path), timeout=10) as answer:
+            return str(answer.read().decode())
+
+    def answer(self, service: str, path: str) -> str:
+        """The body, or "" while the service does not answer yet."""
+        try:
+            return self.get(service, path)
+        except OSError:
+            return ""
+
+    def prometheus(self, path: str, **query: str) -> Any:
+        """The ``data`` of a Prometheus API answer (None while it does not answer)."""
+        try:
+            body = self.get("prometheus", f"{path}?{urllib.parse.urlencode(query)}")
+        except OSError:
+            return None
+        return json.loads(body)["data"]
+
+    def targets(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """Prometheus's active targets: (job, site or instance) -> target."""
+        data = self.prometheus("/api/v1/targets", state="active") or {"activeTargets": []}
+        return {
+            (t["labels"]["job"], t["labels"].get("site", t["labels"]["instance"])): t
+            for t in data["activeTargets"]
+        }
+
+    def query(self, expression: str) -> dict[str, float]:
+        """An instant query's values, by the site label (or "" when there is none)."""
+        data = self.prometheus("/api/v1/query", query=expression) or {"result": []}
+        return {r["metric"].get("site", ""): float(r["value"][1]) for r in data["result"]}
 
 
 def listing(folder: Path) -> set[str]:
@@ -425,12 +490,10 @@ def assert_a_client_without_the_ca_is_refused(cluster: Cluster) -> None:
     """A throw-away container on the cluster's network, as hospital-1 with its password: over
     amqps without the CA the certificate is refused (naming --broker-ca); with the CA it logs
     in; plain AMQP on 5672 is refused."""
-    (rabbitmq,) = cluster.containers("rabbitmq")
-    (network,) = rabbitmq.attrs["NetworkSettings"]["Networks"]
     output = cluster.client.containers.run(
         "hefl-hospital:latest",
         ["python", "-c", CLIENT],
-        network=network,
+        network=f"{cluster.project}_sites",  # where the sites reach the broker
         volumes={
             str(SECRETS / "tls" / "ca.pem"): {"bind": BROKER_CA, "mode": "ro"},
             str(SECRETS / "broker" / "hospital-1.password"): {
@@ -507,6 +570,71 @@ def contributed(state: dict[str, Any], hospital: str) -> bool:
     return any(hospital in {a if isinstance(a, str) else a["hospital"] for a in r} for r in rounds)
 
 
+# A hospital site's attempts from inside its container: the coordinator by name, by its address
+# on the core network, the status port the host publishes (through the sites network's gateway),
+# and the broker (which it must reach: the probe itself works); one line per attempt.
+SITE_PROBE = """
+import socket, sys
+address, gateway, published = sys.argv[1], sys.argv[2], int(sys.argv[3])
+for what, host, port in [
+    ("coordinator by name", "coordinator", 8080),
+    ("coordinator by address", address, 8080),
+    ("published port via the host", gateway, published),
+    ("broker", "rabbitmq", 5671),
+]:
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+        print(f"{what}: open")
+    except OSError as exc:
+        print(f"{what}: {exc!r}")
+"""
+
+
+def assert_no_site_reaches_the_coordinator(cluster: Cluster, coordinator: Any) -> None:
+    """The sites share a network with the broker and Prometheus only: from a site's container,
+    the coordinator's name does not resolve, its address is not routed, and the status port
+    published on the host's localhost is not reachable through the host either."""
+    coordinator.reload()
+    networks = coordinator.attrs["NetworkSettings"]["Networks"]
+    assert sorted(networks) == [f"{cluster.project}_core"]
+    address = networks[f"{cluster.project}_core"]["IPAddress"]
+    published = cluster.env["HEFL_STATUS_PORT"]
+
+    def probe(site: Any) -> dict[str, str]:
+        networks = site.attrs["NetworkSettings"]["Networks"]
+        assert sorted(networks) == [f"{cluster.project}_sites"]
+        gateway = networks[f"{cluster.project}_sites"]["Gateway"]
+        done = site.exec_run(["python", "-c", SITE_PROBE, address, gateway, published])
+        assert done.exit_code == 0, done.output
+        return dict(line.split(": ", 1) for line in done.output.decode().splitlines())
+
+    running = [s for s in cluster.sites() if s.reload() or s.status == "running"]
+    assert len(running) == 4
+    with ThreadPoolExecutor(len(running)) as pool:  # 2 s each: the coordinator is frozen
+        found = dict(zip([s.name for s in running], pool.map(probe, running), strict=True))
+    for name, lines in found.items():
+        print(name, lines)
+        assert lines["broker"] == "open"
+        assert lines["coordinator by name"].startswith("gaierror("), lines
+        assert lines["coordinator by address"] != "open", lines
+        assert lines["published port via the host"] != "open", lines
+
+
+def scraped_at(target: dict[str, Any]) -> float:
+    """A Prometheus target's last scrape, in seconds since the epoch (RFC 3339, nanoseconds)."""
+    stamp = re.sub(r"(\.\d{6})\d*", r"\1", target["lastScrape"]).replace("Z", "+00:00")
+    return datetime.fromisoformat(stamp).timestamp()
+
+
+def sites_scraped(cluster: Cluster, sites: list[str], since: float) -> bool:
+    """Prometheus lists exactly ``sites`` as hospital targets and scraped each one, up, after
+    ``since``."""
+    found = {key[1]: t for key, t in cluster.targets().items() if key[0] == "hefl-hospitals"}
+    return sorted(found) == sorted(sites) and all(
+        t["health"] == "up" and scraped_at(t) > since for t in found.values()
+    )
+
+
 def test_make_up_scale_kill_and_down_complete_the_run_on_quorum(
     cluster: Cluster, tmp_path: Path
 ) -> None:
@@ -515,6 +643,19 @@ def test_make_up_scale_kill_and_down_complete_the_run_on_quorum(
     coordinator = cluster.wait(
         lambda: next(iter(cluster.containers("coordinator")), None), timeout=300, what="coordinator"
     )
+    # The status page answers on the host's localhost with the run; its /metrics holds
+    # aggregates only, no hospital's name. (Checked while the sites start: the freeze below
+    # must follow the 4th round's start as closely as before.)
+    live_run = cluster.wait(
+        lambda: (r := cluster.run()) and r in cluster.answer("coordinator", "/") and r,
+        timeout=300,
+        what="the status page naming the run",
+    )
+    assert json.loads(cluster.get("coordinator", "/api/status"))["run"] == live_run
+    exposition = cluster.get("coordinator", "/metrics")
+    assert "hefl_rounds_closed_total" in exposition and "hospital-" not in exposition
+    (prometheus,) = cluster.containers("prometheus")
+    prometheus_started = prometheus.attrs["State"]["StartedAt"]
     cluster.wait(lambda: (s := cluster.state()) and s["round"] >= 4, timeout=600, what="3 rounds")
     # Its healthcheck finds it connected to the broker. Run here rather than awaited from
     # Docker's probe (every 15 s): rounds take a fraction of a second, probes of the frozen
@@ -525,9 +666,9 @@ def test_make_up_scale_kill_and_down_complete_the_run_on_quorum(
     assert coordinator.attrs["State"]["Health"]["Status"] in ("starting", "healthy")
     probe = coordinator.exec_run([HEALTHCHECK])
     assert probe.exit_code == 0, probe.output
-
     # Scale to 4 while the coordinator is frozen: hospital-4's hello is queued before the next
     # round can close, so it takes part from the round after the one in progress at the latest.
+    frozen = time.time()
     with cluster.paused(coordinator):
         joined_round = cluster.state()["round"]  # type: ignore[index]
         # 3 sites, each its own service running as its own identity.
@@ -546,6 +687,21 @@ def test_make_up_scale_kill_and_down_complete_the_run_on_quorum(
             timeout=180,
             what="hospital-4 ready (hello sent)",
         )
+        # Prometheus found hospital-4 in the target file `make scale` rewrote, without a
+        # restart, and scraped the 4 sites since the freeze: their counters are those of the
+        # rounds closed before it, per site; hospital-4 has done none yet.
+        cluster.wait(
+            lambda: sites_scraped(cluster, share_names(4), frozen),
+            timeout=60,
+            what="Prometheus scraping the 4 sites",
+        )
+        done = cluster.query('hefl_hospital_rounds_done_total{job="hefl-hospitals"}')
+        print(f"rounds done per site (Prometheus), round {joined_round} in progress: {done}")
+        assert sorted(done) == share_names(4) and done["hospital-4"] == 0, done
+        assert all(done[site] >= joined_round - 1 for site in share_names(3)), done
+        prometheus.reload()
+        assert prometheus.attrs["State"]["StartedAt"] == prometheus_started
+        assert_no_site_reaches_the_coordinator(cluster, coordinator)
     assert joined_round <= ROUNDS - 3, f"the run was already in round {joined_round}"
 
     # Kill one replica in the middle of a round (SIGKILL, as the OOM killer would), again with
@@ -564,6 +720,23 @@ def test_make_up_scale_kill_and_down_complete_the_run_on_quorum(
         assert_every_participant_is_on_tls(cluster, {"coordinator", *share_names(4)})
         victim.kill()
     assert killed_round < ROUNDS, f"the kill landed in the last round ({killed_round})"
+
+    # The run ends and the coordinator lingers, serving: Prometheus records the end (every
+    # round closed) and the operator still finds the page.
+    cluster.wait(
+        lambda: (s := cluster.state()) and s["phase"] == "done", timeout=900, what="the run's end"
+    )
+    cluster.wait(
+        lambda: cluster.query('hefl_run_finished{job="hefl-coordinator"}') == {"": 1.0},
+        timeout=HTTP_LINGER,
+        what="Prometheus scraping the finished run",
+    )
+    closed = cluster.query('hefl_rounds_closed_total{job="hefl-coordinator"}')
+    assert closed == {"": float(ROUNDS)}, closed
+    target = cluster.targets()[("hefl-coordinator", "coordinator:8080")]
+    assert target["health"] == "up" and target["labels"]["role"] == "coordinator", target
+    page = cluster.get("coordinator", "/")
+    assert live_run in page and "hospital-1" in page  # the roster: the operator's view
 
     assert cluster.up_process is not None
     code = cluster.up_process.wait(timeout=900)
@@ -671,6 +844,27 @@ def test_make_up_scale_kill_and_down_complete_the_run_on_quorum(
         assert re.search(rf"^{name} +\S+ +exited \(0\) +- +{name}$", status, re.MULTILINE)
         assert re.search(rf"^keys-{name} +\S+ +exited \(0\) +- +{name}$", status, re.MULTILINE)
     assert f"phase done round {ROUNDS}" in status
+    # It names the status page and Prometheus, on the host's localhost; only they (and the
+    # broker's management UI) are published, and the sites publish nothing.
+    assert f"status page: {cluster.url('coordinator', '/')} (not running)" in status, status
+    assert f"prometheus: {cluster.url('prometheus', '/')}" in status, status
+    bindings = {
+        c.labels["com.docker.compose.service"]: c.attrs["HostConfig"]["PortBindings"]
+        for c in cluster.containers()
+        if c.attrs["HostConfig"]["PortBindings"]
+    }
+    local = {"HostIp": "127.0.0.1"}
+    assert bindings == {
+        "rabbitmq": {"15672/tcp": [{**local, "HostPort": cluster.env["HEFL_MANAGEMENT_PORT"]}]},
+        "coordinator": {
+            f"{STATUS_PORT}/tcp": [{**local, "HostPort": cluster.env["HEFL_STATUS_PORT"]}]
+        },
+        "prometheus": {"9090/tcp": [{**local, "HostPort": cluster.env["HEFL_PROMETHEUS_PORT"]}]},
+    }, bindings
+    # The refused scale left Prometheus's targets alone: the 4 sites, the killed one down.
+    targets = cluster.targets()
+    assert sorted(site for job, site in targets if job == "hefl-hospitals") == share_names(4)
+    assert targets[("hefl-hospitals", "hospital-2")]["health"] == "down"
 
     cluster.script("down")
     assert cluster.containers() == []

@@ -5,7 +5,9 @@ validated against the Kubernetes JSON schemas shipped in kubernetes-validate, sc
 (every failed check must be in ``EXPLAINED_SKIPS`` with its reason), and the Dockerfile is
 linted with hadolint. The settings the manifests and the compose file give each role are parsed
 by hefl's own parser, as the containers' entry point hands them over; the Secrets
-``k8s/make-secrets.sh`` applies are printed by ``hefl keys-k8s-secrets`` and read key by key.
+``k8s/make-secrets.sh`` applies are printed by ``hefl keys-k8s-secrets`` and read key by key. The
+NetworkPolicies are evaluated for pairs of pods (who may connect to whom, on which port), and
+Prometheus's scrape configuration is followed to the Services and container ports it names.
 The tools live in ``.venv-tools`` (``make tools-env``); a missing tool fails the test with the
 command that installs it, it never skips.
 """
@@ -128,11 +130,12 @@ def test_checkov_finds_nothing_beyond_the_explained_skips(rendered: Path) -> Non
     assert passed > 100  # the scan really ran
 
 
-def test_the_dockerfile_passes_hadolint_and_checkov() -> None:
-    lint = run(tool("hadolint"), "--failure-threshold", "warning", "docker/Dockerfile", check=False)
+@pytest.mark.parametrize("dockerfile", ["docker/Dockerfile", "docker/prometheus/Dockerfile"])
+def test_the_dockerfiles_pass_hadolint_and_checkov(dockerfile: str) -> None:
+    lint = run(tool("hadolint"), "--failure-threshold", "warning", dockerfile, check=False)
     assert lint.returncode == 0, lint.stdout + lint.stderr
-    failed, _ = checkov("docker/Dockerfile", "dockerfile")
-    assert failed == []
+    failed, passed = checkov(dockerfile, "dockerfile")
+    assert failed == [] and passed > 10
 
 
 def mounted_secrets(workload: dict[str, Any]) -> set[str]:
@@ -226,20 +229,250 @@ def test_every_container_runs_non_root_read_only_with_limits_and_probes(
                 assert "readinessProbe" in container and "livenessProbe" in container
 
 
-def test_network_policies_let_hospitals_reach_only_the_broker_and_nothing_reach_them(
+# -- who may connect to whom: the NetworkPolicies evaluated for pairs of pods -------------------
+
+NAMESPACE_LABELS = {"kubernetes.io/metadata.name": "hefl"}  # set on every namespace by Kubernetes
+SCRAPER = {"app.kubernetes.io/name": "prometheus"}
+STATUS_PORT = 8080  # the coordinator's status page and /metrics
+METRICS_PORT = 9100  # a site's /metrics
+
+
+def selects(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    """A label selector (matchLabels, matchExpressions) applied to a pod's labels."""
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator, values = expression["key"], expression["operator"], expression.get("values")
+        present = key in labels
+        if not {
+            "In": present and labels.get(key) in (values or []),
+            "NotIn": not present or labels.get(key) not in (values or []),
+            "Exists": present,
+            "DoesNotExist": not present,
+        }[operator]:
+            return False
+    return True
+
+
+def peer_matches(peer: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    """A rule's peer against a pod of the hefl namespace (an ipBlock counts as anyone)."""
+    if "ipBlock" in peer:
+        return True
+    if "namespaceSelector" in peer and not selects(peer["namespaceSelector"], NAMESPACE_LABELS):
+        return False
+    return selects(peer.get("podSelector", {}), labels)
+
+
+def admits(
+    policies: list[dict[str, Any]], direction: str, pod: Mapping[str, str], peer: Mapping[str, str]
+) -> set[int] | None:
+    """The TCP ports the policies open for ``pod`` towards (egress) or from (ingress) ``peer``
+    (0: a rule without ports, every port); None: no policy isolates the pod in that direction
+    (everything open)."""
+    isolating = [
+        p["spec"]
+        for p in policies
+        if direction in p["spec"]["policyTypes"] and selects(p["spec"]["podSelector"], pod)
+    ]
+    if not isolating:
+        return None
+    field, side = {"Ingress": ("ingress", "from"), "Egress": ("egress", "to")}[direction]
+    ports: set[int] = set()
+    for spec in isolating:
+        for rule in spec.get(field, []):
+            if side in rule and not any(peer_matches(p, peer) for p in rule[side]):
+                continue
+            ports |= {
+                p["port"]
+                for p in rule.get("ports", [{"port": 0}])
+                if p.get("protocol", "TCP") == "TCP"
+            }
+    return ports
+
+
+def may_connect(
+    objects: list[dict[str, Any]], source: Mapping[str, str], target: Mapping[str, str], port: int
+) -> bool:
+    policies = [o for o in objects if o["kind"] == "NetworkPolicy"]
+    out, into = (
+        admits(policies, "Egress", source, target),
+        admits(policies, "Ingress", target, source),
+    )
+    return all(opened is None or port in opened or 0 in opened for opened in (out, into))
+
+
+def pod_labels(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, str]:
+    return dict(by_kind(objects, kind, name)["spec"]["template"]["metadata"]["labels"])
+
+
+def test_network_policies_let_hospitals_reach_only_the_broker_and_only_the_scraper_reach_them(
     objects: list[dict[str, Any]],
 ) -> None:
-    policies = [o for o in objects if o["kind"] == "NetworkPolicy"]
     deny = by_kind(objects, "NetworkPolicy", "default-deny")["spec"]
     assert deny["podSelector"] == {} and set(deny["policyTypes"]) == {"Ingress", "Egress"}
-    for policy in policies:
+    coordinator = pod_labels(objects, "Deployment", "hefl-coordinator")
+    hospital, other = (pod_labels(objects, "Deployment", f"hefl-hospital-{k}") for k in (1, 2))
+    scraper = pod_labels(objects, "Deployment", "hefl-prometheus")
+    broker = pod_labels(objects, "StatefulSet", "rabbitmq")
+    assert selects({"matchLabels": SCRAPER}, scraper)
+    assert not any(selects({"matchLabels": SCRAPER}, p) for p in (coordinator, hospital, broker))
+    allowed = {
+        (source, target, port)
+        for source, one in [
+            ("hospital", hospital),
+            ("coordinator", coordinator),
+            ("scraper", scraper),
+        ]
+        for target, two in [
+            ("coordinator", coordinator),
+            ("other hospital", other),
+            ("broker", broker),
+            ("scraper", scraper),
+        ]
+        for port in (STATUS_PORT, METRICS_PORT, 5671, 5672, 9090, 15672)
+        if may_connect(objects, one, two, port)
+    }
+    assert allowed == {
+        ("hospital", "broker", 5671),  # AMQP over TLS, nothing else
+        ("coordinator", "broker", 5671),
+        ("scraper", "coordinator", STATUS_PORT),  # the coordinator's status port: the scraper only
+        ("scraper", "other hospital", METRICS_PORT),  # a site's metrics: the scraper only
+    }
+    # Every egress rule of a participant is DNS or AMQP over TLS.
+    for policy in (o for o in objects if o["kind"] == "NetworkPolicy"):
         spec = policy["spec"]
-        selected = json.dumps(spec["podSelector"])
-        if "hospital" in selected:  # a policy selecting hospitals may open no ingress
-            assert "Ingress" not in spec["policyTypes"]
-        for rule in spec.get("egress", []):
-            ports = {p["port"] for p in rule["ports"]}
-            assert ports <= {53, 5671}, policy["metadata"]["name"]  # AMQP over TLS only
+        if selects(spec["podSelector"], hospital) or selects(spec["podSelector"], coordinator):
+            for rule in spec.get("egress", []):
+                assert {p["port"] for p in rule["ports"]} <= {53, 5671}, policy["metadata"]["name"]
+
+
+def test_the_policy_evaluation_catches_an_open_port() -> None:
+    """The evaluator above is not vacuous: a policy admitting anyone opens the port to hospitals."""
+    policies = [
+        {
+            "kind": "NetworkPolicy",
+            "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]},
+        },
+        {
+            "kind": "NetworkPolicy",
+            "spec": {
+                "podSelector": {"matchLabels": {"app": "a"}},
+                "policyTypes": ["Ingress"],
+                "ingress": [{"ports": [{"protocol": "TCP", "port": 8080}]}],
+            },
+        },
+        {
+            "kind": "NetworkPolicy",
+            "spec": {
+                "podSelector": {"matchExpressions": [{"key": "app", "operator": "Exists"}]},
+                "policyTypes": ["Egress"],
+                "egress": [{"to": [{"podSelector": {"matchLabels": {"app": "a"}}}]}],
+            },
+        },
+    ]
+    assert may_connect(policies, {"app": "b"}, {"app": "a"}, 8080)
+    assert not may_connect(policies, {"app": "b"}, {"app": "a"}, 9100)
+    assert not may_connect(policies, {"app": "a"}, {"app": "b"}, 8080)
+    assert not may_connect(policies, {"x": "b"}, {"app": "a"}, 8080)
+
+
+# -- monitoring: the Services, ports and scrape configuration Prometheus follows -----------------
+
+
+def container_ports(workload: dict[str, Any]) -> dict[str, int]:
+    (container,) = workload["spec"]["template"]["spec"]["containers"]
+    return {p["name"]: p["containerPort"] for p in container.get("ports", [])}
+
+
+def container_env(workload: dict[str, Any]) -> dict[str, str]:
+    (container,) = workload["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+
+
+def service_ports(service: dict[str, Any], workload: dict[str, Any]) -> dict[int, int]:
+    """Service port -> the container port it reaches in ``workload``'s pods."""
+    ports = container_ports(workload)
+    return {
+        p["port"]: ports[p["targetPort"]] if isinstance(p["targetPort"], str) else p["targetPort"]
+        for p in service["spec"]["ports"]
+    }
+
+
+def test_the_status_service_reaches_the_coordinators_http_port_and_each_site_has_its_own(
+    objects: list[dict[str, Any]],
+) -> None:
+    coordinator = by_kind(objects, "Deployment", "hefl-coordinator")
+    env = container_env(coordinator)
+    assert (env["HEFL_HTTP_HOST"], env["HEFL_HTTP_PORT"]) == ("0.0.0.0", str(STATUS_PORT))
+    status = by_kind(objects, "Service", "hefl-coordinator-status")
+    assert selects(
+        {"matchLabels": status["spec"]["selector"]},
+        pod_labels(objects, "Deployment", "hefl-coordinator"),
+    )
+    assert service_ports(status, coordinator) == {STATUS_PORT: STATUS_PORT}
+    everyone = [o for o in objects if o["kind"] in ("Deployment", "StatefulSet", "Job")]
+    for site, workload in sites(objects).items():
+        env = container_env(workload)
+        assert (env["HEFL_HTTP_HOST"], env["HEFL_HTTP_PORT"]) == ("0.0.0.0", str(METRICS_PORT))
+        service = by_kind(objects, "Service", f"hefl-{site}-metrics")
+        assert service["spec"]["clusterIP"] == "None"  # the name resolves to the site's pod
+        reached = [
+            o["metadata"]["name"]
+            for o in everyone
+            if selects(
+                {"matchLabels": service["spec"]["selector"]},
+                o["spec"]["template"]["metadata"]["labels"],
+            )
+        ]
+        assert reached == [f"hefl-{site}"]
+        assert service_ports(service, workload) == {METRICS_PORT: METRICS_PORT}
+
+
+def prometheus_config(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    """The configuration file the hefl-prometheus Deployment loads, from its ConfigMap."""
+    workload = by_kind(objects, "Deployment", "hefl-prometheus")
+    (container,) = workload["spec"]["template"]["spec"]["containers"]
+    (config_file,) = [
+        a.split("=", 1)[1] for a in container["args"] if a.startswith("--config.file=")
+    ]
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    folder, name = config_file.rsplit("/", 1)
+    config_map = pod_volumes(workload)[mounts[folder]]["configMap"]["name"]
+    return dict(yaml.safe_load(by_kind(objects, "ConfigMap", config_map)["data"][name]))
+
+
+def test_prometheus_scrapes_the_coordinator_through_its_service_and_every_site_it_lists(
+    objects: list[dict[str, Any]],
+) -> None:
+    from hefl.sites.kubernetes import SCRAPE_CONFIG
+
+    jobs = {job["job_name"]: job for job in prometheus_config(objects)["scrape_configs"]}
+    assert sorted(jobs) == ["hefl-coordinator", "hefl-hospitals"]
+    (coordinator,) = jobs["hefl-coordinator"]["static_configs"]
+    assert coordinator["targets"] == [f"hefl-coordinator-status:{STATUS_PORT}"]
+    # The hospitals' job reads the files of the hefl-prometheus-sites ConfigMap, where the
+    # Deployment mounts it, and that file names each site's Service and metrics port.
+    workload = by_kind(objects, "Deployment", "hefl-prometheus")
+    (container,) = workload["spec"]["template"]["spec"]["containers"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    (sites_volume,) = [
+        n
+        for n, v in pod_volumes(workload).items()
+        if v.get("configMap", {}).get("name") == SCRAPE_CONFIG
+    ]
+    data = by_kind(objects, "ConfigMap", SCRAPE_CONFIG)["data"]
+    (discovery,) = jobs["hefl-hospitals"]["file_sd_configs"]
+    assert [Path(mounts[sites_volume], name).match(discovery["files"][0]) for name in data] == [
+        True
+    ]
+    (listed,) = data.values()
+    assert json.loads(listed) == [
+        {"targets": [f"hefl-{site}-metrics:{METRICS_PORT}"], "labels": {"site": site}}
+        for site in sorted(sites(objects), key=lambda s: int(s.rsplit("-", 1)[1]))
+    ]
+    # It runs without a ServiceAccount token and is the only scraper the policies admit.
+    assert workload["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    assert selects({"matchLabels": SCRAPER}, pod_labels(objects, "Deployment", "hefl-prometheus"))
 
 
 def test_each_site_runs_as_its_own_identity_and_the_coordinator_expects_the_sites(
@@ -301,6 +534,78 @@ def test_the_compose_file_keeps_every_site_key_out_of_running_containers() -> No
         assert keys == [f"keys-hospital-{k}:/keys:ro"]
     assert all(s.get("read_only") for n, s in services.items() if n != "rabbitmq")
     assert "hospital" not in services
+
+
+def test_the_compose_file_keeps_the_coordinators_status_port_away_from_every_site() -> None:
+    """Two networks: the sites share one with the broker and Prometheus, the coordinator another;
+    no networked service falls back to compose's default network. Only the broker's management
+    UI, the status page and Prometheus are published, each on the host's localhost; the sites
+    serve /metrics on the port Prometheus's target file names, published nowhere."""
+    from hefl.sites.compose import override, scrape_targets
+
+    base = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
+    services = {**base["services"], **override(base, sites=3, issued=4)["services"]}
+    services["coordinator"] = base["services"]["coordinator"]
+    networked = {n: s for n, s in services.items() if s.get("network_mode") != "none"}
+    networks = {name: sorted(s.get("networks", [])) for name, s in networked.items()}
+    assert networks == {
+        "rabbitmq": ["core", "sites"],
+        "prometheus": ["core", "sites"],
+        "coordinator": ["core"],
+        **{f"hospital-{k}": ["sites"] for k in (1, 2, 3)},
+    }
+    assert sorted(base["networks"]) == ["core", "sites"]
+    published = {name: s["ports"] for name, s in services.items() if s.get("ports")}
+    assert published == {
+        "rabbitmq": ["127.0.0.1:${HEFL_MANAGEMENT_PORT:-15672}:15672"],
+        "coordinator": ["127.0.0.1:${HEFL_STATUS_PORT:-8080}:8080"],
+        "prometheus": ["127.0.0.1:${HEFL_PROMETHEUS_PORT:-9090}:9090"],
+    }
+    coordinator = services["coordinator"]["environment"]
+    assert (coordinator["HEFL_HTTP_HOST"], coordinator["HEFL_HTTP_PORT"]) == ("0.0.0.0", "8080")
+    for k in (1, 2, 3):
+        site = services[f"hospital-{k}"]["environment"]
+        assert (site["HEFL_HTTP_HOST"], site["HEFL_HTTP_PORT"]) == ("0.0.0.0", "9100")
+    assert scrape_targets(base, sites=3, issued=4) == [
+        {"targets": [f"hospital-{k}:9100"], "labels": {"site": f"hospital-{k}"}} for k in (1, 2, 3)
+    ]
+    prometheus = yaml.safe_load((ROOT / "docker" / "prometheus" / "compose.yml").read_text())
+    jobs = {job["job_name"]: job for job in prometheus["scrape_configs"]}
+    assert jobs["hefl-coordinator"]["static_configs"][0]["targets"] == ["coordinator:8080"]
+    assert jobs["hefl-hospitals"]["file_sd_configs"][0]["files"] == ["/etc/prometheus/sites/*.json"]
+    assert (
+        "./.generated/${HEFL_PROJECT:-hefl}-targets:/etc/prometheus/sites:ro"
+        in (services["prometheus"]["volumes"])
+    )
+
+
+def test_the_sites_tool_writes_prometheus_targets_only_when_asked_and_never_beyond_identities(
+    tmp_path: Path,
+) -> None:
+    def sites_tool(count: int, *extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                *(sys.executable, "-m", "hefl.sites", "compose", "--sites", str(count)),
+                *("--issued", "4", "--out", str(tmp_path / "sites.yaml"), *extra),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+        )
+
+    targets = tmp_path / "targets" / "sites.json"
+    assert sites_tool(2).returncode == 0 and not targets.exists()
+    assert sites_tool(4, "--targets", str(targets)).returncode == 0
+    assert [t["labels"]["site"] for t in json.loads(targets.read_text())] == [
+        f"hospital-{k}" for k in (1, 2, 3, 4)
+    ]
+    assert sites_tool(3, "--targets", str(targets)).returncode == 0  # scaled down
+    assert [t["targets"] for t in json.loads(targets.read_text())] == [
+        [f"hospital-{k}:9100"] for k in (1, 2, 3)
+    ]
+    refused = sites_tool(5, "--targets", str(targets))
+    assert refused.returncode == 2 and len(json.loads(targets.read_text())) == 3
 
 
 # -- what each role is configured with, as hefl parses it ----------------------------------------
