@@ -1,12 +1,14 @@
 """HE codec: upload size, throughput and error of our encodings against the anchors, side by side.
 
 For each model size, in one process and in turn (the order rotates every repeat): our CKKS
-default, our BFV, TenSEAL CKKS as NVIDIA FLARE configures it (n=8192, moduli [60, 40, 40], scale
-2**40, one ckks_vector per layer), Pyfhel CKKS with one real per slot and no level switch (the
-same chain), and plaintext float32. Per repeat and codec: two hospitals encrypt+serialize, the
-coordinator deserializes+adds both (the second add is "per hospital"), serializes the sum, and a
-hospital deserializes+decrypts it. Ratios against TenSEAL are taken per repeat, then the median.
-The maximum absolute error after 10 and 100 sums of values uniform in [-1, 1] is measured on the
+default (seeded uploads), our CKKS as it was before seeding (56-bit prime, public-key
+encryption, full ciphertexts: the baseline of "throughput not below today's"), our BFV, TenSEAL
+CKKS as NVIDIA FLARE configures it (n=8192, moduli [60, 40, 40], scale 2**40, one ckks_vector
+per layer), Pyfhel CKKS with one real per slot and no level switch (the same chain), and
+plaintext float32. Per repeat and codec: two hospitals encrypt+serialize, the coordinator
+deserializes+adds both (the second add is "per hospital"), serializes the sum, and a hospital
+deserializes+decrypts it. Ratios against TenSEAL are taken per repeat, then the median. The
+maximum absolute error after 10 and 100 sums of values uniform in [-1, 1] is measured on the
 whole vector up to ``--error-values`` values, and on its first ``--error-values`` beyond that.
 
     .venv/bin/python -m bench.he_codec [--quick] [--sizes 10000,1000000] [--repeats 5]
@@ -37,8 +39,10 @@ from bench.anchors import (
 )
 from bench.schemes import (
     FLOAT32,
+    FULL_CKKS,
     OURS_BFV,
     OURS_CKKS,
+    OURS_CKKS_FULL,
     Codec,
     Float32Codec,
     HeflCodec,
@@ -56,6 +60,8 @@ LARGE_SIZE, LARGE_REPEATS = 5_000_000, 2
 ERROR_VALUES = 32_768
 SUMS = (10, 100)
 SEED = 20261129
+#: Any blob kind but an update is encrypted with the public key into full ciphertexts.
+FULL_KIND = "full-update"
 
 
 def diabetes_layers() -> tuple[int, ...]:
@@ -233,12 +239,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     diabetes = diabetes_layers()
     with tempfile.TemporaryDirectory(prefix="hefl-bench-codec-") as tmp:
         ckks = HeflCodec(OURS_CKKS, HEConfig(), Path(tmp) / "ckks")
+        full = HeflCodec(OURS_CKKS_FULL, FULL_CKKS, Path(tmp) / "full", kind=FULL_KIND)
         bfv = HeflCodec(OURS_BFV, HEConfig(scheme=BFV), Path(tmp) / "bfv")
         tenseal_keys, pyfhel_keys = TensealKeys(), PyfhelKeys()
 
         def make(layers: Sequence[int]) -> list[Codec]:
             return [
                 ckks,
+                full,
                 bfv,
                 TensealFlareCodec(tenseal_keys, layers),
                 PyfhelPlainCodec(pyfhel_keys, layers),
@@ -257,8 +265,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "sizes": [r["parameters"] for r in results],
             "error_values": args.error_values,
             "sums": list(SUMS),
-            "codecs": [OURS_CKKS, OURS_BFV, TENSEAL_FLARE, PYFHEL_PLAIN, FLOAT32],
+            "codecs": [OURS_CKKS, OURS_CKKS_FULL, OURS_BFV, TENSEAL_FLARE, PYFHEL_PLAIN, FLOAT32],
             "ours_ckks": ckks.config.to_dict(),
+            "ours_ckks_full": full.config.to_dict(),
             "ours_bfv": bfv.config.to_dict(),
             "diabetes_layers": list(diabetes),
         },

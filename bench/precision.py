@@ -29,7 +29,11 @@ from bench import report
 from bench.data import dataset
 from bench.he_codec import diabetes_layers, uniform
 from common.crypto import (
+    CKKS_HEADROOM_BITS,
+    CKKS_PRIME_BITS,
+    CKKS_SPECIAL_PRIME_BITS,
     HEConfig,
+    ckks_parameters,
     open_aggregator,
     open_cipher,
     plain_aggregator,
@@ -43,10 +47,9 @@ from hospital_node.trainer import keras_trainer
 
 NAME = "precision"
 TITLE = "CKKS precision: last prime, upload bytes, decryption error and AUC against plaintext"
-PRIMES = (56, 50, 45, 40, 36)
-SPECIAL_PRIME = 53
-#: The scale keeps this many bits of the data prime for the value bound, sign and sums.
-HEADROOM_BITS = 16
+PRIMES = tuple(sorted(CKKS_PRIME_BITS, reverse=True))
+SPECIAL_PRIME = CKKS_SPECIAL_PRIME_BITS
+HEADROOM_BITS = CKKS_HEADROOM_BITS
 CELLS = (4, 10)
 ALPHA = 0.5
 AUC_TOLERANCE = 5e-4
@@ -57,7 +60,7 @@ SEED = 20261203
 
 
 def config_for(prime: int) -> HEConfig:
-    return HEConfig(coeff_modulus_bits=(prime, SPECIAL_PRIME), scale_bits=prime - HEADROOM_BITS)
+    return HEConfig(**ckks_parameters(prime))
 
 
 def codec_figures(prime: int, workdir: Path, rng: np.random.Generator) -> dict[str, Any]:

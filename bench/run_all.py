@@ -21,7 +21,7 @@ from pathlib import Path
 from bench import report
 from bench.targets import evaluate
 
-BENCHMARKS = ("he_codec", "round_overhead", "coordinator_scaling", "model_quality")
+BENCHMARKS = ("he_codec", "round_overhead", "coordinator_scaling", "model_quality", "precision")
 PERFORMANCE = "PERFORMANCE.md"
 HEADING = "Against the anchors: TenSEAL/FLARE, plaintext FedAvg, centralized training"
 
@@ -63,7 +63,7 @@ def performance_md(out: Path, command: str) -> str:
         f"{datetime.now(UTC).isoformat(timespec='minutes')}, from `{shown(out)}/*.json`; every "
         "benchmark runs ours and its anchor in the same command on the same machine and reports "
         "medians over repeats and per-repeat ratios. Machine: " + machine + ". "
-        "Reproduce with `make bench` (full; about 20 minutes on 2 cores) or `make bench-quick` "
+        "Reproduce with `make bench` (full; about 35 minutes on 2 cores) or `make bench-quick` "
         "(smaller sizes, a sample of the data).",
         "",
         "## Targets",

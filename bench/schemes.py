@@ -16,6 +16,7 @@ from typing import Protocol
 import numpy as np
 
 from common.crypto import (
+    UPDATE,
     HEConfig,
     open_aggregator,
     open_cipher,
@@ -24,6 +25,10 @@ from common.crypto import (
 
 OURS_CKKS = "ours CKKS (default)"
 OURS_BFV = "ours BFV"
+#: The default before seeded uploads (issue 17): 56-bit last prime, scale 2**40, public-key
+#: encryption into full ciphertexts. Measured alongside, the baseline of "not below today's".
+OURS_CKKS_FULL = "ours CKKS before seeding (56-bit, full)"
+FULL_CKKS = HEConfig(coeff_modulus_bits=(56, 53), scale_bits=40)
 FLOAT32 = "plaintext float32"
 _COUNT = struct.Struct("<I")
 _LENGTH = struct.Struct("<Q")
@@ -50,9 +55,11 @@ class Codec(Protocol):
 class HeflCodec:
     """This project's cipher and aggregator, from a real key ceremony in ``workdir``."""
 
-    def __init__(self, label: str, config: HEConfig, workdir: Path) -> None:
+    def __init__(self, label: str, config: HEConfig, workdir: Path, *, kind: str = UPDATE) -> None:
+        """``kind``: the blob kind encrypted; an ``UPDATE`` is seeded, any other kind full."""
         self.label = label
         self.config = config
+        self._kind = kind
         hospital, coordinator = workdir / "hospital", workdir / "coordinator"
         run_key_ceremony(config, hospital, coordinator, overwrite=True)
         self.hospital_dir, self.coordinator_dir = hospital, coordinator
@@ -60,7 +67,7 @@ class HeflCodec:
         self._aggregator = open_aggregator(coordinator)
 
     def encrypt(self, values: np.ndarray) -> bytes:
-        return self._cipher.encrypt(values)
+        return self._cipher.encrypt(values, kind=self._kind)
 
     def new_sum(self) -> Accumulator:
         return self._aggregator.new_sum()

@@ -116,6 +116,9 @@ class TimedCipher:
         with self._clock.phase("decrypt"):
             return self._inner.decrypt(blob)
 
+    def error_bound(self, summands: int) -> float:
+        return self._inner.error_bound(summands)
+
 
 class TimedMasker:
     """A cohort mask whose word generation is timed as the "mask" detail."""

@@ -89,6 +89,17 @@ def average_from_sum(total: np.ndarray, n_params: int) -> np.ndarray:
     return (total[:-1] / weight).astype(np.float32)
 
 
+#: A decrypted sum whose error could move an averaged weight by more than this gets a warning.
+IMPRECISE_AVERAGE: Final = 1e-3
+
+
+def averaging_error(total: np.ndarray, error: float) -> float:
+    """How far a decrypted sum's per-value ``error`` can move one averaged weight: the average
+    divides it by the sum of the FedAvg weights (the last value), small for few rows."""
+    weight = float(total[-1])
+    return error / weight if weight > 0 else math.inf
+
+
 def sane_global(
     total: np.ndarray, summands: int, previous: np.ndarray, sanity: Sanity
 ) -> np.ndarray:

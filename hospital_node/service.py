@@ -28,8 +28,10 @@ from common.data.local import LocalData
 from common.errors import HeflError, ProtocolError, TrainingError
 from common.fedavg import (
     DEFAULT_SANITY,
+    IMPRECISE_AVERAGE,
     MIN_CONTRIBUTORS,
     Sanity,
+    averaging_error,
     payload_size,
     sane_global,
     training_seed,
@@ -176,7 +178,18 @@ class Hospital:
             raise ProtocolError(
                 f"{ref} sums {header.summands} updates; an aggregate needs {MIN_CONTRIBUTORS}"
             )
-        weights = sane_global(self._cipher.decrypt(blob), header.summands, self._last, self._sanity)
+        total = self._cipher.decrypt(blob)
+        error = averaging_error(total, self._cipher.error_bound(header.summands))
+        if error > IMPRECISE_AVERAGE:
+            self._log(
+                "imprecise_average",
+                level=logging.WARNING,
+                round=round_,
+                error=f"{error:.2g}",
+                hint="the federation's rows are few for this encryption's precision: a key "
+                "ceremony with a larger --ckks-prime-bits lowers it (docs/encoding.md)",
+            )
+        weights = sane_global(total, header.summands, self._last, self._sanity)
         self._last = weights
         return weights
 

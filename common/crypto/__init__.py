@@ -16,7 +16,16 @@ from common.crypto.blob import (
     payload_digest,
 )
 from common.crypto.cipher import AGGREGATE, UPDATE, Cipher
-from common.crypto.config import BFV, CKKS, HEConfig
+from common.crypto.config import (
+    BFV,
+    CKKS,
+    CKKS_HEADROOM_BITS,
+    CKKS_PRIME_BITS,
+    CKKS_SPECIAL_PRIME_BITS,
+    DEFAULT_CKKS_PRIME_BITS,
+    HEConfig,
+    ckks_parameters,
+)
 from common.crypto.factory import open_aggregator, open_cipher, plain_aggregator, plain_cipher
 from common.crypto.he_aggregator import HeAggregator
 from common.crypto.he_cipher import BfvCipher, CkksCipher
@@ -37,6 +46,10 @@ __all__ = [
     "AGGREGATE",
     "BFV",
     "CKKS",
+    "CKKS_HEADROOM_BITS",
+    "CKKS_PRIME_BITS",
+    "CKKS_SPECIAL_PRIME_BITS",
+    "DEFAULT_CKKS_PRIME_BITS",
     "FORMAT_VERSION",
     "PLAIN",
     "UNBOUND",
@@ -57,6 +70,7 @@ __all__ = [
     "PlainAggregator",
     "PlainCipher",
     "RunningSum",
+    "ckks_parameters",
     "decode_blob",
     "encode_blob",
     "load_coordinator_bundle",

@@ -47,6 +47,10 @@ class Cipher(Protocol):
         """Decrypt a blob into exactly ``value_count`` float64 values."""
         ...
 
+    def error_bound(self, summands: int) -> float:
+        """The stated largest error of one value decrypted from a sum of ``summands`` uploads."""
+        ...
+
     @property
     def spec(self) -> BlobSpec:
         """What this bundle's blobs look like (headers can be checked without decrypting)."""
@@ -107,6 +111,9 @@ class BlockCipher:
         values = np.concatenate(decrypted)[: header.value_count]
         check_sum(values, header.summands * (self._value_bound + self.sum_slack))
         return values
+
+    def error_bound(self, summands: int) -> float:
+        return 0.0  # float64 blocks: only the additions' rounding
 
     def _encrypt_block(self, block: np.ndarray, *, seeded: bool) -> bytes:
         raise NotImplementedError

@@ -22,9 +22,18 @@ SCHEMES = (CKKS, BFV)
 
 DEFAULT_SCHEME = CKKS
 DEFAULT_POLY_MODULUS_DEGREE = 4096
-DEFAULT_CKKS_COEFF_MODULUS_BITS = (56, 53)
+#: CKKS last (data) primes that bench/results/precision.md measures, SEAL's special prime next
+#: to them, and the bits a prime keeps above the scale for the sign, the complex packing, the
+#: sum of 100 hospitals and a value bound of 81.92 (``ckks_parameters``).
+CKKS_PRIME_BITS = (36, 40, 45, 50, 56)
+CKKS_SPECIAL_PRIME_BITS = 53
+CKKS_HEADROOM_BITS = 16
+#: The smallest prime of the precision table whose final AUC stays within 0.0005 of plaintext
+#: FedAvg in every cell (4.5 bytes per value uploaded, scale 2**20).
+DEFAULT_CKKS_PRIME_BITS = 36
+DEFAULT_CKKS_COEFF_MODULUS_BITS = (DEFAULT_CKKS_PRIME_BITS, CKKS_SPECIAL_PRIME_BITS)
 DEFAULT_BFV_COEFF_MODULUS_BITS = (60, 49)
-DEFAULT_SCALE_BITS = 40
+DEFAULT_SCALE_BITS = DEFAULT_CKKS_PRIME_BITS - CKKS_HEADROOM_BITS
 DEFAULT_PLAIN_MODULUS_BITS = 36
 DEFAULT_MAX_HOSPITALS = 100
 DEFAULT_BFV_VALUE_BOUND = 64.0
@@ -236,6 +245,17 @@ class HEConfig:
         if not isinstance(values.get("scheme", DEFAULT_SCHEME), str):
             raise ConfigError(f"scheme must be a string, got {values['scheme']!r}")
         return cls(**values)
+
+
+def ckks_parameters(prime_bits: int) -> dict[str, Any]:
+    """``HEConfig`` fields of a CKKS chain with a ``prime_bits`` last prime: the special prime and
+    a scale ``CKKS_HEADROOM_BITS`` below the prime (the value bound stays 81.92 at 100
+    hospitals whatever the prime; more bits, less error: bench/results/precision.md)."""
+    _require_int("CKKS prime bits", prime_bits, low=MIN_SCALE_BITS + CKKS_HEADROOM_BITS)
+    return {
+        "coeff_modulus_bits": (prime_bits, CKKS_SPECIAL_PRIME_BITS),
+        "scale_bits": prime_bits - CKKS_HEADROOM_BITS,
+    }
 
 
 def _fraction_bits(config: HEConfig) -> int:

@@ -41,6 +41,9 @@ class _HeCipher(BlockCipher):
         )
         return cls(seal, he_spec(manifest, seal))
 
+    def error_bound(self, summands: int) -> float:
+        return self._seal.config.error_bound(summands)
+
     def _mask_chunks(self, chunks: list[bytes], mask: Masker) -> list[bytes]:
         degree = self._seal.config.poly_modulus_degree
         words = mask.words(len(chunks) * degree, self._seal.modulus)

@@ -42,6 +42,8 @@ PRNG_INFO_BYTES = SEAL_HEADER.size + SEED_BYTES
 #: seal::prng_type values that expand a seed (1 blake2xb, SEAL's default; 2 shake256).
 PRNG_TYPES = (1, 2)
 _DATA_OFFSET = SEAL_HEADER.size + CIPHERTEXT_MEMBERS.size  # where the data DynArray starts
+#: Up to this width, a coefficient and its bit shift fit one 8-byte read: packed by byte groups.
+_GROUPED_BITS = 56
 _PYFHEL_PREFIX = struct.Struct("<iQ")
 _SCHEMES = {1: "bfv", 2: "ckks", 3: "bgv"}
 
@@ -126,6 +128,15 @@ def pack(coeffs: np.ndarray, bits: int) -> bytes:
     raw = words.view(np.uint8).reshape(-1, 8)
     if bits % 8 == 0:
         return raw[:, : bits // 8].tobytes()
+    size = packed_bytes(len(words), bits)
+    if bits <= _GROUPED_BITS:
+        groups = _grouped(words, bits)
+        out = np.zeros((len(groups), bits + 8), dtype=np.uint8)
+        for j in range(8):  # OR each coefficient's bits in at its byte offset and shift
+            offset, shift = divmod(j * bits, 8)
+            view = _words_at(out, offset)
+            view |= groups[:, j] << np.uint64(shift)
+        return out[:, :bits].tobytes()[:size]
     kept = np.unpackbits(raw, axis=1, count=bits, bitorder="little")
     return np.packbits(kept.reshape(-1), bitorder="little").tobytes()
 
@@ -138,16 +149,42 @@ def unpack(data: bytes, bits: int, count: int) -> np.ndarray:
             f"expected {packed_bytes(count, bits)}"
         )
     raw = np.frombuffer(data, dtype=np.uint8)
-    words = np.zeros((count, 8), dtype=np.uint8)
     if bits % 8 == 0:
+        words = np.zeros((count, 8), dtype=np.uint8)
         words[:, : bits // 8] = raw.reshape(count, bits // 8)
         return words.view("<u8").reshape(-1)
-    stream = np.unpackbits(raw, bitorder="little")
-    if stream[count * bits :].any():
+    if count * bits % 8 and raw[-1] >> (count * bits % 8):
         raise BlobError("ciphertext chunk corrupted: its padding bits are not zero")
+    if bits <= _GROUPED_BITS:
+        groups = -(-count // 8)
+        flat = np.zeros(groups * bits, dtype=np.uint8)
+        flat[: len(raw)] = raw
+        padded = np.zeros((groups, bits + 8), dtype=np.uint8)
+        padded[:, :bits] = flat.reshape(groups, bits)
+        mask = np.uint64((1 << bits) - 1)
+        out = np.empty((groups, 8), dtype=np.uint64)
+        for j in range(8):  # each coefficient: 8 bytes read at its byte offset, shifted, masked
+            offset, shift = divmod(j * bits, 8)
+            out[:, j] = (_words_at(padded, offset) >> np.uint64(shift)) & mask
+        return out.reshape(-1)[:count].copy()
+    stream = np.unpackbits(raw, bitorder="little")
     spread = np.zeros((count, 64), dtype=np.uint8)
     spread[:, :bits] = stream[: count * bits].reshape(count, bits)
     return np.packbits(spread, axis=1, bitorder="little").view("<u8").reshape(-1)
+
+
+def _grouped(words: np.ndarray, bits: int) -> np.ndarray:
+    """Coefficients as rows of 8 (zero-padded): 8 coefficients take exactly ``bits`` bytes."""
+    groups = np.zeros((-(-len(words) // 8), 8), dtype=np.uint64)
+    groups.reshape(-1)[: len(words)] = words
+    return groups
+
+
+def _words_at(rows: np.ndarray, offset: int) -> np.ndarray:
+    """A little-endian uint64 view of 8 bytes at ``offset`` in each row of ``rows`` (uint8)."""
+    return np.ndarray(
+        (rows.shape[0],), dtype="<u8", buffer=rows, offset=offset, strides=(rows.strides[0],)
+    )
 
 
 def expand(

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from common.crypto.config import DEFAULT_MAX_HOSPITALS
+from common.crypto.config import CKKS_PRIME_BITS, DEFAULT_CKKS_PRIME_BITS, DEFAULT_MAX_HOSPITALS
 from common.crypto.masking import DEFAULT_MASK_TIMEOUT
 from common.data.partition import DEFAULT_ALPHA, DEFAULT_TEST_FRACTION
 from common.data.sources import DEFAULT_DATASET
@@ -53,7 +53,7 @@ class Flag:
     help: str
     type: Callable[[str], Any] = str
     default: Any = None
-    choices: tuple[str, ...] | None = None
+    choices: tuple[Any, ...] | None = None
     switch: bool = False  # a boolean flag without a value (its variable: 1/true/yes)
     env: str | None = None  # HEFL_<NAME> unless named here
 
@@ -209,6 +209,15 @@ FLAGS: Final[Mapping[str, Flag]] = {
             help="most hospital updates one encrypted sum may hold (sets the value bound)",
             type=positive_int,
             default=DEFAULT_MAX_HOSPITALS,
+        ),
+        Flag(
+            name="ckks_prime_bits",
+            help="CKKS last prime in bits, scale 16 bits below it: the upload is about "
+            "bits/8 + 0.02 bytes per value, the error halves per extra bit "
+            "(bench/results/precision.md; 56 is the pre-seeding precision, about 1e-9)",
+            type=int,
+            choices=CKKS_PRIME_BITS,
+            default=DEFAULT_CKKS_PRIME_BITS,
         ),
         Flag(
             name="keys",

@@ -18,6 +18,14 @@ from common.errors import ConfigError
 # -- options -------------------------------------------------------------------------------------
 
 
+def he_config(scheme: str, max_hospitals: int, ckks_prime_bits: int) -> Any:
+    """The key ceremony's ``HEConfig`` from the flags (``--ckks-prime-bits``: CKKS only)."""
+    from common.crypto import CKKS, HEConfig, ckks_parameters
+
+    chain = ckks_parameters(ckks_prime_bits) if scheme == CKKS else {}
+    return HEConfig(scheme=scheme, max_hospitals=max_hospitals, **chain)
+
+
 @dataclass(frozen=True, kw_only=True)
 class CeremonyOptions:
     """A fresh key ceremony: how many hospital identities, which scheme, which sum bound."""
@@ -25,16 +33,15 @@ class CeremonyOptions:
     hospitals: int
     scheme: str
     max_hospitals: int
+    ckks_prime_bits: int
 
     def he(self) -> Any:
-        from common.crypto import HEConfig
-
         if self.max_hospitals < self.hospitals:
             raise ConfigError(
                 f"--max-hospitals {self.max_hospitals} < --hospitals {self.hospitals}: the "
                 "encrypted sum must have room for every hospital identity"
             )
-        return HEConfig.from_dict({"scheme": self.scheme, "max_hospitals": self.max_hospitals})
+        return he_config(self.scheme, self.max_hospitals, self.ckks_prime_bits)
 
     def names(self) -> list[str]:
         from common.protocol.runconfig import hospital_names

@@ -10,10 +10,11 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 from common.errors import ConfigError
 from common.progress import Bar, Progress, TerminalProgress, is_terminal
+from hefl.cli.keys import he_config
 from hefl.cli.options import (
     BrokerUsersOptions,
     DriveShareOptions,
@@ -24,12 +25,6 @@ from hefl.cli.options import (
 
 if TYPE_CHECKING:
     from hefl.simulation import SimulationConfig
-
-
-def _he_config(scheme: str, max_hospitals: int) -> Any:
-    from common.crypto import HEConfig
-
-    return HEConfig.from_dict({"scheme": scheme, "max_hospitals": max_hospitals})
 
 
 def simulate(options: SimulateOptions) -> int:
@@ -63,7 +58,7 @@ def simulate(options: SimulateOptions) -> int:
         test_fraction=options.test_fraction,
         min_hospitals=options.min_hospitals,
         model=options.model(),
-        he=_he_config(options.scheme, options.max_hospitals),
+        he=he_config(options.scheme, options.max_hospitals, options.ckks_prime_bits),
         out=options.out,
         store=options.store,
         masking=not options.no_masking,
@@ -167,7 +162,7 @@ def keygen(options: KeygenOptions) -> int:
 
     layout = key_ceremony(
         options.keys,
-        _he_config(options.scheme, options.max_hospitals),
+        he_config(options.scheme, options.max_hospitals, options.ckks_prime_bits),
         list(hospital_names(options.hospitals)),
         overwrite=options.overwrite,
     )

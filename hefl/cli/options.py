@@ -81,6 +81,7 @@ class SimulateOptions(SplitOptions, ModelOptions):
     rounds: int
     scheme: str
     max_hospitals: int
+    ckks_prime_bits: int
     min_hospitals: int | None
     engine: str
     no_baselines: bool
@@ -101,6 +102,7 @@ class KeygenOptions:
     hospitals: int
     scheme: str
     max_hospitals: int
+    ckks_prime_bits: int
     overwrite: bool
 
 

@@ -35,7 +35,7 @@ def _from_environment(flag: Flag, environ: Mapping[str, str]) -> Any:
         raise argparse.ArgumentTypeError(f"{flag.variable}={text!r}: {exc}") from None
     if flag.choices is not None and value not in flag.choices:
         raise argparse.ArgumentTypeError(
-            f"{flag.variable}={text!r}: choose from {', '.join(flag.choices)}"
+            f"{flag.variable}={text!r}: choose from {', '.join(map(str, flag.choices))}"
         )
     return value
 
@@ -109,7 +109,7 @@ def reference_table(commands: Mapping[str, Mapping[str, Any]]) -> str:
             default = ", ".join([*shown.values(), *rest])
         else:
             default = "" if flag.default is None else f"`{_show(flag.default)}`"
-        choices = f" ({' / '.join(flag.choices)})" if flag.choices else ""
+        choices = f" ({' / '.join(map(str, flag.choices))})" if flag.choices else ""
         lines.append(
             f"| `{flag.option}` | `{flag.variable}` | {default} | {', '.join(users) or 'all'} "
             f"| {flag.help}{choices} |"

@@ -215,7 +215,7 @@ def test_more_than_max_hospitals_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueRangeError, match="max_hospitals 3"):
         running.add(limited.cipher.encrypt(values[3]))
     total = limited.cipher.decrypt(running.to_blob())
-    assert np.abs(total - np.sum(values[:3], axis=0)).max() <= 1e-6
+    assert np.abs(total - np.sum(values[:3], axis=0)).max() <= HEConfig().error_bound(3)
 
 
 def test_an_aggregate_can_be_added_again_and_counts_its_summands(setup: Setup) -> None:

@@ -45,7 +45,7 @@ def tolerance(cipher: Cipher) -> float:
     if isinstance(cipher, BfvCipher):
         return cipher.resolution / 2
     if isinstance(cipher, CkksCipher):
-        return 1e-7
+        return HEConfig().error_bound(1)  # the fixture's ceremonies use the default parameters
     return 0.0
 
 
@@ -142,7 +142,7 @@ def test_a_blob_from_another_ceremony_is_refused(
     same_parameters = ceremony(tmp_path / "same", "ckks")
     with pytest.raises(BlobError, match=r"key id .* is foreign"):
         ciphers["ckks"].decrypt(same_parameters.encrypt(np.ones(3)))
-    other_parameters = ceremony(tmp_path / "other", "ckks", max_hospitals=10, scale_bits=38)
+    other_parameters = ceremony(tmp_path / "other", "ckks", max_hospitals=10, scale_bits=22)
     with pytest.raises(BlobError, match=r"parameter digest .* is foreign"):
         ciphers["ckks"].decrypt(other_parameters.encrypt(np.ones(3)))
 
@@ -176,3 +176,9 @@ def test_bfv_with_a_56_bit_data_prime_matches_ckks_size(tmp_path: Path) -> None:
     blob = cipher.encrypt(values)
     assert len(blob) / MODEL_SIZE <= CKKS_TARGET_BYTES_PER_VALUE
     assert np.abs(cipher.decrypt(blob) - values).max() <= 2.0**-22
+
+
+def test_each_cipher_states_its_error_bound(ciphers: dict[str, Cipher]) -> None:
+    assert ciphers["ckks"].error_bound(7) == HEConfig().error_bound(7) > 0
+    assert ciphers["bfv"].error_bound(2) == HEConfig(scheme="bfv").resolution
+    assert ciphers["plain"].error_bound(100) == 0.0

@@ -18,8 +18,8 @@ def test_defaults_are_ckks_with_its_chain() -> None:
     config = HEConfig()
     assert config.scheme == "ckks"
     assert config.poly_modulus_degree == 4096
-    assert config.coeff_modulus_bits == DEFAULT_CKKS_COEFF_MODULUS_BITS == (56, 53)
-    assert (config.scale_bits, config.max_hospitals) == (40, 100)
+    assert config.coeff_modulus_bits == DEFAULT_CKKS_COEFF_MODULUS_BITS == (36, 53)
+    assert (config.scale_bits, config.max_hospitals) == (20, 100)
 
 
 def test_bfv_gets_its_own_default_chain() -> None:

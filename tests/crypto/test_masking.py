@@ -171,7 +171,8 @@ def test_a_curious_hospital_decrypts_an_unmasked_update_exactly(he) -> None:  # 
     cipher, _ = he
     truth = updates()["hospital-1"]
     recovered = read_with_the_secret_key(cipher, cipher.encrypt(truth))
-    assert np.max(np.abs(recovered - truth)) < (1e-6 if cipher.scheme == "ckks" else 1e-3)
+    bound = HEConfig().error_bound(1) if cipher.scheme == "ckks" else 1e-3
+    assert np.max(np.abs(recovered - truth)) < bound
 
 
 def test_a_curious_hospital_reads_only_noise_from_a_masked_update(he) -> None:  # type: ignore[no-untyped-def]
@@ -206,7 +207,7 @@ def test_the_masked_round_sums_to_the_plaintext_sum(he) -> None:  # type: ignore
     assert all(len(blob) == len(cipher.encrypt(payloads[NAMES[0]])) for blob in blobs)
     total = cipher.decrypt(summed(aggregator, blobs))
     expected = np.sum([payloads[name] for name in NAMES], axis=0)
-    tolerance = 1e-6 if cipher.scheme == "ckks" else 4 * cipher.resolution  # type: ignore[attr-defined]
+    tolerance = HEConfig().error_bound(4) if cipher.scheme == "ckks" else 4 * cipher.resolution  # type: ignore[attr-defined]
     assert np.max(np.abs(total - expected)) < tolerance
 
 

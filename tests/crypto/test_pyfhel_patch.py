@@ -53,7 +53,8 @@ class Scheme:
 
 
 SCHEMES = [
-    Scheme("ckks", (56, 53), scale_bits=40),  # the project's default: one data level
+    Scheme("ckks", (36, 53), scale_bits=20),  # the project's default: one data level
+    Scheme("ckks", (56, 53), scale_bits=40),  # the default before seeded uploads
     Scheme("ckks", (36, 36, 37), scale_bits=25),  # two data levels: switched down one
     Scheme("bfv", (36, 36, 37), t_bits=20),  # SEAL's BFV default chain for n = 4096
 ]

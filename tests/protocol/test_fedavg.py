@@ -10,8 +10,10 @@ import pytest
 
 from common.errors import ProtocolError
 from common.fedavg import (
+    IMPRECISE_AVERAGE,
     WEIGHT_UNIT,
     average_from_sum,
+    averaging_error,
     finite,
     finite_metrics,
     mean_metrics,
@@ -90,3 +92,10 @@ def test_mean_metrics_is_the_unweighted_mean_ignoring_nan_and_unknown_names() ->
 def test_mean_metrics_of_nothing_usable_is_none() -> None:
     assert mean_metrics([]) is None
     assert mean_metrics([{}, {"auc": math.nan}, {"train_loss": 0.3}]) is None
+
+
+def test_the_averaging_error_is_the_sum_error_over_the_sum_of_weights() -> None:
+    total = np.array([5.0, -2.0, 0.25])  # two weighted values and their weights' sum
+    assert averaging_error(total, 1e-3) == pytest.approx(4e-3)
+    assert averaging_error(np.array([1.0, 0.0]), 1e-3) == math.inf  # no weight: no average
+    assert averaging_error(total, 1e-3) > IMPRECISE_AVERAGE > averaging_error(total * 10, 1e-3)

@@ -21,6 +21,7 @@ from common.crypto import (
     AGGREGATE,
     Binding,
     HEConfig,
+    ckks_parameters,
     open_aggregator,
     open_cipher,
     run_key_ceremony,
@@ -56,7 +57,8 @@ Craft = Callable[[int], bytes]  # round -> the insider's blob for it
 @pytest.fixture(scope="module")
 def ceremony(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("ceremony")
-    run_key_ceremony(HEConfig(), root / "hospital", root / "coordinator")
+    # Tens of rows per hospital: the 56-bit chain keeps their average exact (docs/encoding.md).
+    run_key_ceremony(HEConfig(**ckks_parameters(56)), root / "hospital", root / "coordinator")
     return root
 
 

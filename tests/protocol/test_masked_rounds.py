@@ -14,7 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.crypto import Cipher, HEConfig, open_aggregator, open_cipher, run_key_ceremony
+from common.crypto import (
+    Cipher,
+    HEConfig,
+    ckks_parameters,
+    open_aggregator,
+    open_cipher,
+    run_key_ceremony,
+)
 from common.crypto.aggregator import Aggregator
 from common.crypto.masking import Cohort, Masker, PairwiseMasks
 from common.errors import BlobError, ValueRangeError
@@ -35,7 +42,8 @@ from tests.protocol.test_round_protocol import FOUR, Cluster, codec, make_plan, 
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("ckks")
-    run_key_ceremony(HEConfig(), root / "hospital", root / "coordinator")
+    # Tens of rows per hospital: the 56-bit chain keeps their average exact (docs/encoding.md).
+    run_key_ceremony(HEConfig(**ckks_parameters(56)), root / "hospital", root / "coordinator")
     return root
 
 

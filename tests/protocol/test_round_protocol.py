@@ -6,6 +6,7 @@ path is the same code and is exercised in test_simulation.py).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 
 from common.crypto import (
     HEConfig,
+    ckks_parameters,
     open_aggregator,
     open_cipher,
     plain_aggregator,
@@ -197,10 +199,8 @@ def test_a_run_reproduces_weighted_fedavg(reference: np.ndarray) -> None:
     assert coordinator.state.rejected == {}
 
 
-def test_encrypted_run_matches_the_plaintext_reference(
-    tmp_path: Path, reference: np.ndarray
-) -> None:
-    run_key_ceremony(HEConfig(), tmp_path / "hospital", tmp_path / "coordinator")
+def encrypted_run(tmp_path: Path, config: HEConfig) -> np.ndarray:
+    run_key_ceremony(config, tmp_path / "hospital", tmp_path / "coordinator")
     cluster = Cluster(store=InMemoryStore(), plan=make_plan())
     for name in cluster.plan.hospitals:
         cluster.add_hospital(name, cipher=open_cipher(tmp_path / "hospital"))
@@ -209,7 +209,29 @@ def test_encrypted_run_matches_the_plaintext_reference(
     assert coordinator.state.phase == "done"
     final = cluster.hospitals["h1"].final_weights
     assert final is not None
+    return final
+
+
+def test_encrypted_run_matches_the_plaintext_reference(
+    tmp_path: Path, reference: np.ndarray, caplog: pytest.LogCaptureFixture
+) -> None:
+    # These hospitals hold 60 to 150 training rows: a 56-bit prime keeps their average exact.
+    with caplog.at_level(logging.WARNING, logger="hefl.hospital"):
+        final = encrypted_run(tmp_path, HEConfig(**ckks_parameters(56)))
     np.testing.assert_allclose(final, reference, atol=1e-6)
+    assert "imprecise_average" not in caplog.text
+
+
+def test_a_hospital_warns_when_the_default_precision_is_coarse_for_few_rows(
+    tmp_path: Path, reference: np.ndarray, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The default 36-bit prime over FedAvg weights summing to 0.03 (300 rows): each hospital
+    # says so, naming the remedy, and the run still ends near the reference.
+    with caplog.at_level(logging.WARNING, logger="hefl.hospital"):
+        final = encrypted_run(tmp_path, HEConfig())
+    warnings = [r for r in caplog.records if "imprecise_average" in r.getMessage()]
+    assert warnings and "--ckks-prime-bits" in warnings[0].getMessage()
+    assert 1e-6 < np.max(np.abs(final - reference)) < 0.5
 
 
 def test_garbage_and_forgeries_are_counted_and_the_run_still_completes(
