@@ -90,7 +90,10 @@ def reencode(blob: bytes, setup: Setup, **changes: object) -> bytes:
     )
     new_chunks = changes.pop("chunks", chunks)
     assert isinstance(new_chunks, list)
-    header = replace(header, payload_sha256=payload_digest(new_chunks), **changes)  # type: ignore[arg-type]
+    lengths = tuple(len(chunk) for chunk in new_chunks)
+    header = replace(
+        header, payload_sha256=payload_digest(new_chunks), chunk_bytes=lengths, **changes
+    )  # type: ignore[arg-type]
     return encode_blob(header, new_chunks)
 
 
@@ -138,6 +141,19 @@ def corruptions(setup: Setup, tmp: Path) -> dict[str, bytes]:
         bad["foreign_key"] = make_setup(tmp / "other", spec.scheme).cipher.encrypt(ones)
         broken = [bytes(out_of_range), *chunks[1:]]
         bad["coefficient_not_below_q"] = reencode(good, setup, chunks=broken)
+        # Seeded chunks: a seed no PRNG of SEAL's expands, and a full ciphertext as an update.
+        for name, prng in (("unknown_prng", 0), ("prng_out_of_range", 9)):
+            seed = bytearray(chunks[0])
+            seed[-65] = prng
+            bad[name] = reencode(good, setup, chunks=[bytes(seed), *chunks[1:]])
+        full = setup.cipher.encrypt(inputs(1, seed=99)[0], kind="full")
+        _, full_chunks = decode_blob(
+            full,
+            expect_scheme=spec.scheme,
+            expect_param_digest=spec.param_digest,
+            expect_key_id=spec.key_id,
+        )
+        bad["full_chunks_as_an_update"] = reencode(good, setup, chunks=full_chunks)
     return bad
 
 
@@ -195,6 +211,22 @@ def test_a_bad_blob_is_rejected_and_leaves_the_sum_unchanged(setup: Setup, tmp_p
         running.add(setup.cipher.encrypt(second))
         total = setup.cipher.decrypt(running.to_blob())
         assert np.abs(total - (first + second)).max() <= tolerance(setup, 2), name
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("unknown_prng", "PRNG type 0"),
+        ("prng_out_of_range", "PRNG type 9"),
+        ("full_chunks_as_an_update", "update blob chunk 0 is .* bytes, expected"),
+    ],
+)
+def test_a_forged_seed_or_a_full_update_is_refused_by_name(
+    name: str, message: str, tmp_path: Path
+) -> None:
+    he = make_setup(tmp_path, "ckks")
+    with pytest.raises(BlobError, match=message):
+        he.aggregator.new_sum().add(corruptions(he, tmp_path)[name])
 
 
 def test_a_bad_first_blob_leaves_the_sum_empty(setup: Setup) -> None:
