@@ -89,8 +89,9 @@ def average_from_sum(total: np.ndarray, n_params: int) -> np.ndarray:
     return (total[:-1] / weight).astype(np.float32)
 
 
-#: A decrypted sum whose error could move an averaged weight by more than this gets a warning.
-IMPRECISE_AVERAGE: Final = 1e-3
+#: A decrypted sum whose stated error (a 20-sigma bound) could move an averaged weight by more
+#: than this gets a warning: typical errors are 20 times smaller.
+IMPRECISE_AVERAGE: Final = 1e-2
 
 
 def averaging_error(total: np.ndarray, error: float) -> float:
