@@ -6,6 +6,7 @@ on the same pooled hold-out (patient-grouped test splits). Cells: 4 and 10 hospi
 label-skewed (Dirichlet, alpha 0.5); the demo's model and training settings, seed 42.
 
     .venv/bin/python -m bench.model_quality [--quick] [--cells 4:iid,10:dirichlet] [--rounds 10]
+        [--ckks-prime-bits 36]
 
 Writes bench/results/model_quality.{json,md}.
 """
@@ -21,6 +22,7 @@ from typing import Any
 
 from bench import report
 from bench.data import dataset
+from common.crypto import CKKS_PRIME_BITS, DEFAULT_CKKS_PRIME_BITS, HEConfig, ckks_parameters
 from common.model import ModelConfig
 from hefl.compare import run_comparison
 from hefl.simulation import SimulationConfig
@@ -44,9 +46,16 @@ def parse_cells(text: str) -> list[tuple[int, str]]:
 
 
 def run_cell(
-    csv: Path, out: Path, hospitals: int, partition: str, rounds: int, model: ModelConfig
+    csv: Path,
+    out: Path,
+    hospitals: int,
+    partition: str,
+    rounds: int,
+    model: ModelConfig,
+    he: HEConfig,
 ) -> dict[str, Any]:
     config = SimulationConfig(
+        he=he,
         dataset=csv,
         hospitals=hospitals,
         partition=partition,  # type: ignore[arg-type]
@@ -124,6 +133,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--patients", type=int, default=None, help="sample size; 0 = full data")
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--hidden", type=int, default=None, help="hidden units (default 128)")
+    parser.add_argument(
+        "--ckks-prime-bits",
+        type=int,
+        choices=CKKS_PRIME_BITS,
+        default=DEFAULT_CKKS_PRIME_BITS,
+        help="CKKS last prime (a sample of a few hundred rows needs 45 or more)",
+    )
     args = parser.parse_args(argv)
     mode = report.QUICK if args.quick else report.FULL
     cells_wanted = args.cells or list(CELLS)
@@ -137,12 +153,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         for hospitals, partition in cells_wanted:
             print(f"model_quality: {hospitals} hospitals, {partition}", flush=True)
             out = root / f"cell-{hospitals}-{partition}"
-            cells.append(run_cell(csv, out, hospitals, partition, rounds, model))
+            he = HEConfig(**ckks_parameters(args.ckks_prime_bits))
+            cells.append(run_cell(csv, out, hospitals, partition, rounds, model, he))
     figures = {
         "config": {
             "patients": patients,
             "rounds": rounds,
             "model": model.to_dict(),
+            "ckks_prime_bits": args.ckks_prime_bits,
             "cells": [[h, p] for h, p in cells_wanted],
         },
         "cells": cells,

@@ -227,6 +227,10 @@ class TimedTrainer:
         with self._clock.phase("evaluate"):
             return self._inner.evaluate(weights, x, y)
 
+    def predict(self, weights: np.ndarray, x: np.ndarray) -> np.ndarray:
+        with self._clock.phase("evaluate"):
+            return np.asarray(self._inner.predict(weights, x))
+
     def save_model(self, weights: np.ndarray, path: Path, metrics: Metrics | None) -> None:
         self._inner.save_model(weights, path, metrics)
 

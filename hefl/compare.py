@@ -24,6 +24,7 @@ from common.fedavg import training_seed
 from common.model import initial_weights
 from common.store import LocalStore, Store, open_store
 from coordinator.state import RoundRecord, RunState
+from hefl.baselines import pooled_baselines
 from hefl.reporting import (
     Emit,
     Row,
@@ -86,6 +87,10 @@ def run_comparison(
     rows: list[Row] = []
     runs: dict[str, Any] = {}
 
+    def score(label: str, weights: np.ndarray, seconds: float, uploaded: int | None) -> Row:
+        scores = evaluator.predict(weights, x_test)
+        return Row.scored(label, y_test, scores, seconds, uploaded)
+
     def federated(label: str, run: str, cipher_for: Any, aggregator: Any) -> np.ndarray:
         emit(f"{label}:")
         result = run_federated(
@@ -98,8 +103,7 @@ def run_comparison(
             on_progress=progress_printer(config.rounds, config.hospitals, emit),
             trainer_for=trainer_for,
         )
-        metrics = evaluator.evaluate(result.weights, x_test, y_test)
-        rows.append(Row.of(label, metrics, result.seconds, result.bytes_uploaded))
+        rows.append(score(label, result.weights, result.seconds, result.bytes_uploaded))
         runs[run] = result.summary
         return result.weights
 
@@ -118,8 +122,7 @@ def run_comparison(
         for name, d in zip(cohort.names, cohort.data, strict=True):
             started = time.perf_counter()
             weights = train_alone(config, evaluator, d.x_train, d.y_train, name)
-            metrics = evaluator.evaluate(weights, x_test, y_test)
-            local_rows.append(Row.of(f"{name} alone", metrics, time.perf_counter() - started, None))
+            local_rows.append(score(f"{name} alone", weights, time.perf_counter() - started, None))
         rows.extend(local_rows)
         rows.append(
             Row(
@@ -135,13 +138,12 @@ def run_comparison(
         x_train, y_train = cohort.pooled_train
         weights = train_alone(config, evaluator, x_train, y_train, "centralized")
         rows.append(
-            Row.of(
-                "centralized (pooled data)",
-                evaluator.evaluate(weights, x_test, y_test),
-                time.perf_counter() - started,
-                None,
-            )
+            score("centralized (pooled data)", weights, time.perf_counter() - started, None)
         )
+        for baseline in pooled_baselines(x_train, y_train, x_test, seed=config.seed):
+            rows.append(
+                Row.scored(baseline.method, y_test, baseline.scores, baseline.seconds, None)
+            )
     for line in results(rows, y_test):
         emit(line)
     first = runs["encrypted"]["rounds"][0]

@@ -10,15 +10,16 @@ import json
 import math
 import shutil
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
+from common.clinical import DEFAULT_TOP_FRACTION, clinical_metrics
 from common.errors import ConfigError
 from common.fedavg import finite
-from common.metrics import Metrics
+from common.metrics import Metrics, compute_metrics
 
 if TYPE_CHECKING:
     from hefl.simulation import Cohort, SimulationConfig
@@ -30,7 +31,12 @@ SUMMARY_FILE: Final = "summary.json"
 
 @dataclass(frozen=True, kw_only=True)
 class Row:
-    """One method's final model, scored on the pooled hold-out."""
+    """One method's final model, scored on the pooled hold-out.
+
+    ``clinical``: ``common.clinical.ClinicalMetrics.to_dict()`` of its scores (AUC with its 95 %
+    bootstrap interval, average precision, Brier, calibration, sensitivity and PPV at the top
+    ``top_fraction`` of risk); None for a row that is a mean of other rows.
+    """
 
     method: str
     auc: float
@@ -38,6 +44,7 @@ class Row:
     loss: float
     seconds: float
     bytes_uploaded: int | None
+    clinical: dict[str, Any] | None = None
 
     @classmethod
     def of(cls, method: str, metrics: Metrics, seconds: float, uploaded: int | None) -> Row:
@@ -49,6 +56,22 @@ class Row:
             seconds=seconds,
             bytes_uploaded=uploaded,
         )
+
+    @classmethod
+    def scored(
+        cls,
+        method: str,
+        y_true: np.ndarray,
+        scores: np.ndarray,
+        seconds: float,
+        uploaded: int | None,
+        *,
+        top_fraction: float = DEFAULT_TOP_FRACTION,
+    ) -> Row:
+        """A row from a model's predicted probabilities on the pooled hold-out."""
+        metrics = compute_metrics(y_true, scores)
+        clinical = clinical_metrics(y_true, scores, top_fraction=top_fraction)
+        return replace(cls.of(method, metrics, seconds, uploaded), clinical=clinical.to_dict())
 
 
 def format_mb(n: int | None) -> str:
@@ -105,16 +128,31 @@ def progress_line(
     )
 
 
+def _cell(row: Row, key: str, spec: str) -> str:
+    value = (row.clinical or {}).get(key)
+    return "-" if value is None else format(value, spec)
+
+
 def render_table(rows: list[Row]) -> str:
+    """The headline table: discrimination, calibration and what flagging the riskiest rows
+    catches; accuracy is in ``summary.json`` only (with 11 % positives it says nothing)."""
+    top = next((r.clinical["top_fraction"] for r in rows if r.clinical), DEFAULT_TOP_FRACTION)
+    flagged = f"top {top:.0%}"
     header = (
-        f"{'method':<28} {'test AUC':>9} {'accuracy':>9} {'loss':>8} {'seconds':>8} "
-        f"{'uploaded':>11}"
+        f"{'method':<34} {'AUC (95% CI)':>22} {'AP':>6} {'Brier':>6} {'slope':>6} "
+        f"{'sens ' + flagged:>13} {'PPV ' + flagged:>12} {'seconds':>8} {'uploaded':>10}"
     )
     lines = [header, "-" * len(header)]
     for r in rows:
+        interval = (
+            f"[{_cell(r, 'auc_low', '.4f')}, {_cell(r, 'auc_high', '.4f')}]" if r.clinical else ""
+        )
+        auc = f"{r.auc:.4f} {interval}"
         lines.append(
-            f"{r.method:<28} {r.auc:>9.4f} {r.accuracy:>9.4f} {r.loss:>8.4f} "
-            f"{r.seconds:>8.1f} {format_mb(r.bytes_uploaded):>11}"
+            f"{r.method:<34} {auc:>22} {_cell(r, 'average_precision', '.3f'):>6} "
+            f"{_cell(r, 'brier', '.4f'):>6} {_cell(r, 'calibration_slope', '.2f'):>6} "
+            f"{_cell(r, 'sensitivity', '.3f'):>13} {_cell(r, 'ppv', '.3f'):>12} "
+            f"{r.seconds:>8.1f} {format_mb(r.bytes_uploaded):>10}"
         )
     return "\n".join(lines)
 

@@ -289,7 +289,8 @@ def run_tff_engine(
             )
         )
     x_test, y_test = cohort.pooled_test
-    rows = [Row.of(TFF_METHOD, evaluator.evaluate(weights[-1], x_test, y_test), seconds, None)]
+    scores = evaluator.predict(weights[-1], x_test)
+    rows = [Row.scored(TFF_METHOD, y_test, scores, seconds, None)]
     for line in results(rows, y_test):
         emit(line)
     summary = {

@@ -38,6 +38,10 @@ class Trainer(Protocol):
 
     def evaluate(self, weights: np.ndarray, x: np.ndarray, y: np.ndarray) -> Metrics: ...
 
+    def predict(self, weights: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """Predicted probabilities, one per row of ``x``."""
+        ...
+
     def save_model(self, weights: np.ndarray, path: Path, metrics: Metrics | None) -> None: ...
 
 

@@ -82,6 +82,7 @@ def scaling(out: Path) -> Doc:
 @pytest.fixture(scope="module")
 def quality(out: Path) -> Doc:
     args = ("--cells", "4:iid", "--patients", "400", "--rounds", "1", "--hidden", "8")
+    args += ("--ckks-prime-bits", "56")  # 400 patients: the default's error would dominate
     return run("model_quality", out, *args)
 
 
@@ -107,7 +108,8 @@ def test_codec_benchmark_compares_every_codec_and_meets_size_and_error_targets(
     assert figures[TENSEAL_FLARE]["bytes"] > ours["bytes"]
     for label, f in figures.items():
         # every codec decrypted a correct two-hospital sum
-        assert f["pair_error"] < 1e-4, label
+        bound = HEConfig().error_bound(2) if label == OURS_CKKS else 1e-4
+        assert f["pair_error"] < bound, label
         for key in ("encrypt_params_per_s", "add_params_per_s", "decrypt_params_per_s"):
             assert f[key] > 0 and math.isfinite(f[key]), (label, key)
     assert size["vs_tenseal"][TENSEAL_FLARE]["encrypt"] == pytest.approx(1.0)

@@ -252,6 +252,9 @@ class LeavesAfter:
     def evaluate(self, weights: np.ndarray, x: np.ndarray, y: np.ndarray) -> Metrics:
         return self.trainer.evaluate(weights, x, y)
 
+    def predict(self, weights: np.ndarray, x: np.ndarray) -> np.ndarray:
+        return self.trainer.predict(weights, x)
+
     def save_model(self, weights: np.ndarray, path: Path, metrics: Metrics | None) -> None:
         self.trainer.save_model(weights, path, metrics)
 

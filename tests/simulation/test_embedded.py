@@ -69,11 +69,35 @@ def test_table_lists_every_method_and_a_progress_line_per_round(comparison: tupl
         "hospital-3 alone",
         "mean of hospitals alone",
         "centralized (pooled data)",
+        "logistic regression (pooled data)",
+        "gradient boosting (pooled data)",
     ]
     progress = [line for line in lines if line.strip().startswith("round ")]
     assert len(progress) == 4  # two rounds, two federated runs
     assert all("hospitals 3/3" in line for line in progress)
-    assert any(line.startswith("method") and "test AUC" in line for line in lines)
+    header = next(line for line in lines if line.startswith("method"))
+    for column in ("AUC (95% CI)", "AP", "Brier", "slope", "sens top 10%", "PPV top 10%"):
+        assert column in header, column
+    assert "accuracy" not in header  # 11 % positives: accuracy says nothing
+
+
+def test_every_scored_row_carries_its_clinical_metrics(comparison: tuple) -> None:
+    summary, _, emitted = comparison
+    rows = {row["method"]: row for row in summary["results"]}
+    lines = "\n".join(emitted).splitlines()  # the table is emitted as one block
+    header = next(i for i, line in enumerate(lines) if line.startswith("method"))
+    table = lines[header + 2 :]
+    for method, row in rows.items():
+        if method == "mean of hospitals alone":
+            assert row["clinical"] is None
+            continue
+        clinical = row["clinical"]
+        assert clinical["auc"] == pytest.approx(row["auc"], abs=1e-9), method
+        assert clinical["auc_low"] <= row["auc"] <= clinical["auc_high"], method
+        assert 0 <= clinical["brier"] <= 1 and 0 <= clinical["average_precision"] <= 1
+        assert clinical["top_fraction"] == 0.10 and 0 <= clinical["sensitivity"] <= 1
+        shown = next(line for line in table if line.startswith(method))
+        assert f"[{clinical['auc_low']:.4f}, {clinical['auc_high']:.4f}]" in shown, shown
 
 
 def test_every_round_is_summarized_with_holdout_metrics(comparison: tuple) -> None:
