@@ -149,10 +149,13 @@ def test_prometheus_scrapes_a_live_run_and_chromium_shows_its_round(
                 timeout=60,
                 what=f"hefl_rounds_closed_total = {closed} in Prometheus",
             )
-            # A hospital exits once its final model is saved, perhaps before its last scrape.
+            # A hospital exits once its final model is saved, perhaps before its last scrape, and
+            # a scrape that lands while it trains may time out (TensorFlow holds the process):
+            # on a loaded machine one hospital may never be seen past round 0.
             done = value(prometheus, "max_over_time(hefl_hospital_rounds_done_total[10m])")
             assert len(done) == HOSPITALS
-            assert all(status["round"] - 1 <= n <= ROUNDS for n in done.values()), done
+            assert all(0 <= n <= ROUNDS for n in done.values()), done
+            assert max(done.values()) >= status["round"] - 1, done
             accepted = value(prometheus, "max_over_time(hefl_submissions_accepted_total[10m])")
             assert list(accepted.values()) == [float(ROUNDS * HOSPITALS)]
             trained = value(prometheus, "max_over_time(hefl_hospital_training_seconds_total[10m])")
