@@ -42,14 +42,12 @@ from common.crypto import (
 )
 from common.model import ModelConfig
 from common.store import LocalStore
-from hefl.simulation import SimulationConfig, load_cohort, run_federated
-from hospital_node.trainer import keras_trainer
+from hefl.simulation import Cohort, SimulationConfig, load_cohort, run_federated
+from hospital_node.trainer import Trainer, keras_trainer
 
 NAME = "precision"
 TITLE = "CKKS precision: last prime, upload bytes, decryption error and AUC against plaintext"
 PRIMES = tuple(sorted(CKKS_PRIME_BITS, reverse=True))
-SPECIAL_PRIME = CKKS_SPECIAL_PRIME_BITS
-HEADROOM_BITS = CKKS_HEADROOM_BITS
 CELLS = (4, 10)
 ALPHA = 0.5
 AUC_TOLERANCE = 5e-4
@@ -97,16 +95,20 @@ def codec_figures(prime: int, workdir: Path, rng: np.random.Generator) -> dict[s
 
 
 def auc_of(
-    sim: SimulationConfig, run: str, cipher_for: Any, aggregator: Any, store: Path
+    sim: SimulationConfig,
+    cohort: Cohort,
+    evaluator: Trainer,
+    run: str,
+    cipher_for: Any,
+    aggregator: Any,
+    store: Path,
 ) -> tuple[float, float]:
     """Final test AUC of one federated run on the pooled hold-out, and its seconds."""
-    cohort = load_cohort(sim)
     result = run_federated(
         sim, cohort, run=run, cipher_for=cipher_for, aggregator=aggregator, store=LocalStore(store)
     )
     x_test, y_test = cohort.pooled_test
-    metrics = keras_trainer(sim.model, cohort.n_features).evaluate(result.weights, x_test, y_test)
-    return float(metrics.auc), result.seconds
+    return float(evaluator.evaluate(result.weights, x_test, y_test).auc), result.seconds
 
 
 def quality_cell(
@@ -121,9 +123,12 @@ def quality_cell(
         out=root / f"out-{hospitals}",
         model=ModelConfig(),
     )
+    # One split and one evaluator for every run of the cell: only the arithmetic differs.
+    cohort = load_cohort(sim)
+    evaluator = keras_trainer(sim.model, cohort.n_features)
     store = root / f"store-{hospitals}"
     plain, plain_seconds = auc_of(
-        sim, "plaintext", lambda _n: plain_cipher(), plain_aggregator(), store
+        sim, cohort, evaluator, "plaintext", lambda _n: plain_cipher(), plain_aggregator(), store
     )
     print(f"precision: {hospitals} hospitals, plaintext AUC {plain:.5f}", flush=True)
     encrypted = {}
@@ -132,6 +137,8 @@ def quality_cell(
         run_key_ceremony(config_for(prime), keys / "hospital", keys / "coordinator", overwrite=True)
         auc, seconds = auc_of(
             sim,
+            cohort,
+            evaluator,
             f"ckks-{prime}",
             lambda _n, keys=keys: open_cipher(keys / "hospital"),
             open_aggregator(keys / "coordinator"),
@@ -197,10 +204,10 @@ def render(
     )
     return "\n".join(
         [
-            f"Special prime {SPECIAL_PRIME} bits, n = 4096, max_hospitals 100; scale = prime - "
-            f"{HEADROOM_BITS} bits. Error: max |decrypted - exact| over {ERROR_VALUES:,} values "
-            f"after {SUMS} sums of uploads uniform in [-1, 1]; the stated bound is "
-            "`HEConfig.error_bound(100)`. AUC: final test AUC after "
+            f"Special prime {CKKS_SPECIAL_PRIME_BITS} bits, n = 4096, max_hospitals 100; "
+            f"scale = prime - {CKKS_HEADROOM_BITS} bits. Error: max |decrypted - exact| over "
+            f"{ERROR_VALUES:,} values after {SUMS} sums of uploads uniform in [-1, 1]; the "
+            "stated bound is `HEConfig.error_bound(100)`. AUC: final test AUC after "
             f"{cells[0]['rounds'] if cells else 0} rounds on "
             f"{'full Diabetes-130' if patients <= 0 else f'a sample of {patients} patients'}, "
             "Dirichlet label "
@@ -242,8 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     figures = {
         "config": {
             "primes": primes,
-            "special_prime": SPECIAL_PRIME,
-            "headroom_bits": HEADROOM_BITS,
+            "special_prime": CKKS_SPECIAL_PRIME_BITS,
+            "headroom_bits": CKKS_HEADROOM_BITS,
             "hospitals": hospitals,
             "patients": patients,
             "rounds": rounds,

@@ -18,9 +18,10 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
-from Pyfhel import PyCtxt, Pyfhel
+from Pyfhel import PyCtxt, Pyfhel, PyPtxt
 
 from common.crypto import seal_layout
 from common.crypto.config import BFV, CKKS, SECURITY_LEVEL, HEConfig
@@ -30,6 +31,7 @@ from common.errors import BlobError, ConfigError, CryptoError, HeflError, KeyBun
 _COMPRESSION = "none"  # this Pyfhel build has neither zlib nor zstd
 _VALID = "success: valid"
 _FOREIGN_ERRORS = (RuntimeError, ValueError, TypeError, AssertionError, OverflowError)
+_Leveled = TypeVar("_Leveled", PyCtxt, PyPtxt)
 
 
 @dataclass(frozen=True)
@@ -131,12 +133,16 @@ class SealPublic:
         """Encrypt one block (public key only) and switch it down to the last level."""
         with _foreign(CryptoError, "encryption failed"):
             if self.config.scheme == CKKS:
-                ctxt = self._he.encryptComplex(block[0::2] + 1j * block[1::2])
-                for _ in range(len(self.config.coeff_modulus_bits) - 2):
-                    self._he.mod_switch_to_next(ctxt)
+                ctxt = self._at_last_level(self._he.encryptComplex(block[0::2] + 1j * block[1::2]))
             else:
                 ctxt = self._he.encryptInt(block.astype(np.int64))
         return ctxt
+
+    def _at_last_level(self, item: _Leveled) -> _Leveled:
+        """Switch a CKKS ciphertext or plaintext down to the chain's last data prime."""
+        for _ in range(len(self.config.coeff_modulus_bits) - 2):
+            self._he.mod_switch_to_next(item)
+        return item
 
     def load_chunk(self, chunk: bytes) -> Ciphertext:
         """Validate a full or seeded chunk and deserialize it (SEAL expands a seed); any defect
@@ -223,9 +229,7 @@ class SealSecret(SealPublic):
             return self.dump_chunk(Ciphertext(self._fresh(block)))
         with _foreign(CryptoError, "encryption failed"):
             if self.config.scheme == CKKS:
-                ptxt = self._he.encodeComplex(block[0::2] + 1j * block[1::2])
-                for _ in range(len(self.config.coeff_modulus_bits) - 2):
-                    self._he.mod_switch_to_next(ptxt)
+                ptxt = self._at_last_level(self._he.encodeComplex(block[0::2] + 1j * block[1::2]))
             else:
                 ptxt = self._he.encodeInt(block.astype(np.int64))
             data = self._he.encrypt_symmetric_bytes(ptxt)
