@@ -127,20 +127,26 @@ class Coordinator:
     def finished(self) -> bool:
         return self.state.phase in ("done", "failed")
 
-    def tick(self) -> None:
-        """Act on deadlines; call periodically (the embedded loop calls it after each delivery)."""
+    def tick(self, *, deadlines: bool = True) -> None:
+        """Act on what the run needs now; call periodically, when no delivery is waiting.
+
+        Each delivery calls it with ``deadlines=False``: a message can complete a round, but
+        only the periodic call enforces a deadline. After the coordinator was paused, the
+        submissions queued meanwhile are then counted before a deadline can fail the round.
+        """
         now = self._clock()
         if self._unsaved_rejections and now - self._saved_at >= REJECTION_SAVE_SECONDS:
             self._persist()
+        judged_at = now if deadlines else -float("inf")
         if self.state.phase == "round":
-            decision = sm.round_decision(self.plan, self.state, now)
+            decision = sm.round_decision(self.plan, self.state, judged_at)
             if decision == "close":
                 self._close_round(now)
             elif decision in ("fix", "refix"):
                 self._fix_participants(decision, now)
             elif decision == "fail":
-                self._fail(self._quorum_missed(now))
-        elif self.state.phase == "final" and sm.final_decision(self.plan, self.state, now):
+                self._fail(self._quorum_missed(judged_at))
+        elif self.state.phase == "final" and sm.final_decision(self.plan, self.state, judged_at):
             self.state = sm.finish_run(self.state)
             self._report_progress(self.state.history[-1])
             self._persist()
@@ -171,7 +177,7 @@ class Coordinator:
             self._dispatch(message, body)
         except HeflError as exc:
             self._reject(type(exc).__name__, str(exc))
-        self.tick()
+        self.tick(deadlines=False)
 
     def _dispatch(self, message: Message, body: bytes) -> None:
         if isinstance(message, UpdateSubmitted):

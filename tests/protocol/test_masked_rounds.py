@@ -156,6 +156,24 @@ def test_a_participant_that_reports_failure_is_dropped_at_once(keys: Path) -> No
     assert (record.attempts, record.accepted) == (2, ("h1", "h3", "h4"))
 
 
+def test_uploads_queued_while_the_coordinator_was_paused_close_the_round(keys: Path) -> None:
+    """The coordinator was frozen (SIGSTOP, a suspended VM) past the mask deadline while the
+    participants uploaded: on resume it counts the queued uploads before judging the deadline."""
+    cluster = masked_cluster(keys, rounds=1)
+    add_all(cluster, keys)
+    coordinator = cluster.start_coordinator(open_aggregator(keys / "coordinator"))
+    while not coordinator.state.participants:
+        assert cluster.transport.deliver_all(limit=1) == 1
+    announced = cluster.transport.pending
+    assert cluster.transport.deliver_all(limit=announced) == announced  # the set goes out
+    assert cluster.transport.pending == len(FOUR)  # their uploads wait for the coordinator
+    cluster.now[0] = coordinator.state.mask_deadline + 5.0  # which was paused meanwhile
+    cluster.run_to_end()
+    assert coordinator.state.phase == "done", coordinator.state.error
+    record = coordinator.state.history[0]
+    assert (record.attempts, record.accepted, record.failed) == (1, FOUR, ())
+
+
 def test_without_a_quorum_of_uploads_the_run_fails_with_the_reason(keys: Path) -> None:
     cluster = masked_cluster(keys, rounds=1, min_hospitals=4)
     add_all(cluster, keys, h4=GoneAfterReady)

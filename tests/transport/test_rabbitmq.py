@@ -21,6 +21,7 @@ import pytest
 
 import common.transport
 import common.transport.rabbitmq
+import common.transport.rabbitmq.transport as rabbitmq_transport
 from common.errors import ConfigError, TransportError
 from common.transport import ANNOUNCE, SUBMIT, Transport
 from common.transport.names import Names
@@ -351,6 +352,35 @@ def test_on_idle_runs_while_idle_on_the_handler_thread_and_never_during_a_handle
     assert overlaps == []
     assert len(idle_calls) >= 10  # about 20 in one idle second at a 0.05 s interval
     assert max(b - a for a, b in itertools.pairwise(idle_calls)) < 0.5
+
+
+def test_after_a_stalled_turn_on_idle_waits_for_the_deliveries_queued_meanwhile(
+    make: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A coordinator paused past a deadline (SIGSTOP, a suspended VM) judges it only once the
+    submissions queued meanwhile are handled; a slow handler stands in for the pause."""
+    monkeypatch.setattr(rabbitmq_transport, "_STALL_SECONDS", 0.2)
+    monkeypatch.setattr(rabbitmq_transport, "_RESUME_GRACE_SECONDS", 1.0)
+    coordinator, hospital = make("coordinator"), make("hospital-1")
+    events: list[str] = []
+
+    def handler(body: bytes) -> None:
+        if body == b"a":
+            time.sleep(0.4)
+        events.append(body.decode())
+
+    coordinator.subscribe(SUBMIT, handler)
+    for body in (b"a", b"b", b"c"):
+        hospital.publish(SUBMIT, body)
+    serve_until(
+        coordinator,
+        lambda: "c" in events and events[-1] == "idle",
+        on_idle=lambda: events.append("idle"),
+        idle_interval=0.05,
+    )
+
+    after_stall = events[events.index("a") :]
+    assert after_stall[:3] == ["a", "b", "c"], events
 
 
 def test_a_handler_that_raises_is_logged_and_acked_so_it_cannot_loop(

@@ -62,6 +62,11 @@ from common.transport.settings import (
 
 DEFAULT_PUBLISH_ATTEMPTS: Final = 5
 _STOP_POLL_SECONDS: Final = 0.1  # longest serve() waits for a delivery before asking stop()
+# A serve() loop turn this long means the process was paused (SIGSTOP, a suspended VM, swap) or
+# a handler was slow: on_idle then waits _RESUME_GRACE_SECONDS while the deliveries queued
+# meanwhile come in, so a deadline is judged on them.
+_STALL_SECONDS: Final = 5.0
+_RESUME_GRACE_SECONDS: Final = 2.0
 
 
 class RabbitMQTransport:
@@ -187,7 +192,8 @@ class RabbitMQTransport:
         on_idle: Callable[[], None] | None = None,
         idle_interval: float = 1.0,
     ) -> None:
-        """Deliver messages to the handlers until ``stop()``; ``on_idle`` runs between them."""
+        """Deliver messages to the handlers until ``stop()``; ``on_idle`` runs between them,
+        every ``idle_interval``, and not before the messages queued during a pause are in."""
         if idle_interval <= 0:
             raise ConfigError(f"idle_interval must be positive, got {idle_interval}")
         sink: Sink = queue.Queue()
@@ -199,7 +205,8 @@ class RabbitMQTransport:
             command = Sync()
             self._io.submit(command)
             command.done.result()
-            next_idle = time.monotonic() + idle_interval
+            next_idle = last_turn = time.monotonic()
+            next_idle += idle_interval
             while not stop() and not self._io.closing:
                 wait = _STOP_POLL_SECONDS
                 if on_idle is not None:
@@ -212,7 +219,12 @@ class RabbitMQTransport:
                     raise item
                 if item is not None:
                     self._handle(item)
-                if on_idle is not None and time.monotonic() >= next_idle:
+                turn = time.monotonic()
+                if turn - last_turn >= _STALL_SECONDS:
+                    self._events("amqp_serve_late", turn_s=round(turn - last_turn, 1))
+                    next_idle = max(next_idle, turn + _RESUME_GRACE_SECONDS)
+                last_turn = turn
+                if on_idle is not None and turn >= next_idle:
                     on_idle()
                     next_idle = time.monotonic() + idle_interval
         finally:
