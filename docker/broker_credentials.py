@@ -17,14 +17,19 @@ writes, under ``docker/.secrets/`` (a 0700 folder: only the operator reaches wha
   the users, each confined to its own resources (``common.transport.brokerconf.BrokerPlan``: a
   hospital may declare and consume only ``hefl.announce.<itself>`` and publish only to the
   ``hefl.submit`` exchange), queue limits and the topology;
+- ``broker/erlang.cookie``: the Erlang cookie the nodes of a broker cluster share (``make up
+  BROKER_NODES=3``; docker/compose.broker-cluster.yaml), a compose secret of the broker nodes
+  only; kept once made;
 - ``tls/`` (0700): the broker's TLS material from ``hefl.sites.broker.issue_tls``: ``ca.pem``
   (the private CA's certificate, which every participant's container mounts read-only for
   ``hefl --broker-ca``), ``server.pem`` and ``server.key`` (the broker's certificate, for
-  ``rabbitmq``, ``localhost`` and ``127.0.0.1``, and its key: mounted into the broker's container
-  only). The CA's key is never written, so nothing else can be signed by it. All 0644: the
-  broker's user (uid 101 in the stand-in image, 999 in the official one) is not the operator.
+  ``rabbitmq``, ``localhost``, ``127.0.0.1`` and every node of both deployments' broker
+  clusters, and its key: mounted into the broker's containers only). The CA's key is never
+  written, so nothing else can be signed by it. All 0644: the broker's user (uid 101 in the
+  stand-in image, 999 in the official one) is not the operator.
 
-Existing passwords and TLS files are kept, so ``make up`` after ``make up`` reuses them;
+Existing passwords, cookie and TLS files are kept, so ``make up`` after ``make up`` reuses them
+(a certificate from before the broker cluster, which lacks its nodes' names, is issued again);
 identities issued later get new passwords; ``make clean`` removes everything (a new CA next
 time). Needs this project's ``common`` package (its ``.venv``, or python3 with PyYAML and
 cryptography).
@@ -42,14 +47,19 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script with python3, outside the project's venv
     sys.path.insert(0, str(ROOT))
 
+from cryptography import x509  # noqa: E402
+
 from common.atomic import write_atomic  # noqa: E402
 from common.errors import HeflError  # noqa: E402
 from hefl.sites import site_names  # noqa: E402
 from hefl.sites.broker import (  # noqa: E402
     ADMIN,
+    CERT_FILE,
+    CERTIFICATE_HOSTS,
     TLS_FILES,
     BrokerTls,
     definitions,
+    erlang_cookie,
     issue_passwords,
     issue_tls,
     participants,
@@ -61,6 +71,7 @@ OPERATOR_ONLY = 0o600
 
 
 SUFFIX = ".password"
+COOKIE = "erlang.cookie"
 
 
 def known_passwords(folder: Path) -> dict[str, str]:
@@ -76,13 +87,23 @@ def write(path: Path, text: str, mode: int) -> None:
 def write_tls(folder: Path, issue: Callable[[], BrokerTls] = issue_tls) -> bool:
     """The broker's CA certificate, certificate and key in ``folder``; True when issued now.
 
-    Kept when all three exist; otherwise all three are issued again (the CA's key is gone, so a
-    missing server file cannot be re-signed by the same CA)."""
-    if all((folder / name).is_file() for name in TLS_FILES):
+    Kept when all three exist and the certificate names every broker host; otherwise all three
+    are issued again (the CA's key is gone, so a missing server file cannot be re-signed by the
+    same CA)."""
+    if all((folder / name).is_file() for name in TLS_FILES) and names_every_host(folder):
         return False
     for name, data in issue().files().items():
         write_atomic(folder / name, data, mode=CONTAINER_READABLE)
     return True
+
+
+def names_every_host(folder: Path) -> bool:
+    """True when the broker's certificate in ``folder`` names every one of ``CERTIFICATE_HOSTS``."""
+    cert = x509.load_pem_x509_certificate((folder / CERT_FILE).read_bytes())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    listed = {*names.get_values_for_type(x509.DNSName)}
+    listed |= {str(ip) for ip in names.get_values_for_type(x509.IPAddress)}
+    return set(CERTIFICATE_HOSTS) <= listed
 
 
 def generate(root: Path, hospitals: int) -> Path:
@@ -100,6 +121,8 @@ def generate(root: Path, hospitals: int) -> Path:
     for user in users:
         write(broker / f"{user}{SUFFIX}", passwords[user] + "\n", CONTAINER_READABLE)
     write(broker / f"{ADMIN}{SUFFIX}", passwords[ADMIN] + "\n", OPERATOR_ONLY)
+    if not (broker / COOKIE).is_file():
+        write(broker / COOKIE, erlang_cookie(), CONTAINER_READABLE)
     rendered = definitions(names, {u: passwords[u] for u in users}, passwords[ADMIN])
     out = secrets_dir / "definitions.json"
     write(out, json.dumps(rendered, indent=2) + "\n", CONTAINER_READABLE)

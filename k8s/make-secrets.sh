@@ -10,6 +10,7 @@
 #   hefl-broker-tls            the broker's TLS certificate and key and the private CA's
 #                              certificate: the rabbitmq pod only (the CA's key is never written)
 #   hefl-broker-ca             the private CA's certificate alone: every participant (--broker-ca)
+#   hefl-broker-cookie         the Erlang cookie the broker cluster's nodes share: the rabbitmq pods
 # Existing Secrets are kept (rotating keys mid-run would break the run): delete them to re-issue.
 # Identities issued: HEFL_HOSPITALS when set (at least the sites of k8s/hospitals.yaml, `make
 # k8s-sites`; give hefl-config's HEFL_HOSPITALS the same value), else hefl's --hospitals default.

@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +38,7 @@ from urllib.parse import quote
 
 from common.transport.brokerconf import BrokerPlan, TlsFiles, rabbitmq_conf
 from common.transport.brokerpki import make_ca, make_server_cert
+from common.transport.settings import DEFAULT_QUEUE_TYPE, QueueType
 
 HOST: Final = "127.0.0.1"
 PORT: Final = 5672
@@ -154,10 +155,50 @@ atexit.register(wait_for_cleanup)
 
 
 def queues(vhost: Vhost) -> dict[str, dict[str, Any]]:
-    """Queues of a virtual host by name: durable, messages_ready, messages_unacknowledged, ..."""
-    columns = ["name", "durable", "messages_ready", "messages_unacknowledged", "consumers"]
-    rows = _json(ctl("list_queues", "-p", vhost.name, *columns, "--formatter", "json"))
-    return {row["name"]: row for row in rows}
+    """Queues of a virtual host by name: durable, type, messages_ready, messages_unacknowledged,
+    consumers; the message counts of quorum queues as their leader has them now."""
+    return queue_rows(vhost.name, ["durable", "consumers"])
+
+
+def queue_rows(
+    vhost: str, columns: list[str], run: Callable[..., str] | None = None
+) -> dict[str, dict[str, Any]]:
+    """``list_queues`` of ``vhost`` with ``columns``, name, type and exact message counts.
+
+    ``list_queues`` reports a quorum queue's counts as of its last metrics tick (every 5 s), so
+    a message confirmed a moment ago may not show yet; these come from the queue's leader.
+    """
+    run = run or ctl
+    wanted = ["name", "type", *columns, "messages_ready", "messages_unacknowledged"]
+    rows = {
+        row["name"]: row
+        for row in _json(run("list_queues", "-p", vhost, *wanted, "--formatter", "json"))
+    }
+    quorum = [name for name, row in rows.items() if row["type"] == "quorum"]
+    for name, ready, unacked in _quorum_counts(vhost, quorum, run) if quorum else ():
+        rows[name].update(messages_ready=ready, messages_unacknowledged=unacked)
+    return rows
+
+
+def _quorum_counts(
+    vhost: str, names: list[str], run: Callable[..., str]
+) -> list[tuple[str, int, int]]:
+    """Ready and unacknowledged messages of quorum queues, asked of each queue's leader."""
+    binaries = ", ".join(f'<<"{name}">>' for name in names)  # names are [A-Za-z0-9._-] only
+    expression = (
+        f'[begin {{ok, Q}} = rabbit_amqqueue:lookup(rabbit_misc:r(<<"{vhost}">>, queue, N)), '
+        "P = amqqueue:get_pid(Q), "
+        "{ok, {_, R}, _} = ra:leader_query(P, fun rabbit_fifo:query_messages_ready/1), "
+        "{ok, {_, C}, _} = ra:leader_query(P, fun rabbit_fifo:query_messages_checked_out/1), "
+        'io:format("hefl-queue ~s ~b ~b~n", [N, R, C]) end '
+        f"|| N <- [{binaries}]], ok."
+    )
+    counts = []
+    for line in run("eval", expression).splitlines():
+        if line.startswith("hefl-queue "):
+            _, name, ready, unacked = line.split()
+            counts.append((name, int(ready), int(unacked)))
+    return counts
 
 
 def exchanges(vhost: Vhost) -> dict[str, dict[str, Any]]:
@@ -258,6 +299,7 @@ def temporary_site(
     *,
     prefix: str = "hefl",
     via: Literal["rabbitmqctl", "definitions"] = "rabbitmqctl",
+    queue_type: QueueType = DEFAULT_QUEUE_TYPE,
     **limits: int,
 ) -> Iterator[Site]:
     """A fresh virtual host with a user per participant, confined by ``brokerconf``.
@@ -267,47 +309,72 @@ def temporary_site(
     all) with ``rabbitmqctl import_definitions``. Users and virtual host are deleted afterwards.
     User names start with the virtual host's name, since users are global to the broker.
     """
-    tag = f"hefl-test-{uuid.uuid4().hex[:12]}"
-    plan = BrokerPlan(
-        hospitals=hospitals, prefix=prefix, vhost=tag, user_prefix=f"{tag}.", **limits
-    )
-    passwords = {name: secrets.token_hex(16) for name in plan.participants}  # no leading "-"
-    users = [plan.user(name) for name in plan.participants]
+    plan, passwords = site_plan(hospitals, prefix=prefix, queue_type=queue_type, **limits)
     try:
-        if via == "definitions":
-            _import(plan.definitions(passwords))
-        else:
-            ctl("add_vhost", tag)
-            for name in plan.participants:
-                ctl("add_user", plan.user(name), passwords[name])
-                grant = plan.permission(name)
-                ctl(
-                    "set_permissions",
-                    "-p",
-                    tag,
-                    plan.user(name),
-                    grant.configure,
-                    grant.write,
-                    grant.read,
-                )
-            for policy in plan.policies():
-                ctl(
-                    "set_policy",
-                    "-p",
-                    tag,
-                    "--priority",
-                    str(policy["priority"]),
-                    "--apply-to",
-                    policy["apply-to"],
-                    policy["name"],
-                    policy["pattern"],
-                    json.dumps(policy["definition"]),
-                )
+        add_site(plan, passwords, via=via)
         yield Site(plan, passwords)
     finally:
-        for user in users:
-            _in_background("delete_user", user)
-        _in_background("delete_vhost", tag)
+        for name in plan.participants:
+            _in_background("delete_user", plan.user(name))
+        _in_background("delete_vhost", plan.vhost)
+
+
+def site_plan(
+    hospitals: tuple[str, ...], *, prefix: str, queue_type: QueueType, **limits: int
+) -> tuple[BrokerPlan, dict[str, str]]:
+    """A plan on a fresh virtual host whose users are named after it, and their passwords."""
+    tag = f"hefl-test-{uuid.uuid4().hex[:12]}"
+    plan = BrokerPlan(
+        hospitals=hospitals,
+        prefix=prefix,
+        vhost=tag,
+        user_prefix=f"{tag}.",
+        queue_type=queue_type,
+        **limits,
+    )
+    passwords = {name: secrets.token_hex(16) for name in plan.participants}  # no leading "-"
+    return plan, passwords
+
+
+def add_site(
+    plan: BrokerPlan,
+    passwords: Mapping[str, str],
+    *,
+    via: Literal["rabbitmqctl", "definitions"] = "rabbitmqctl",
+    run: Callable[..., str] | None = None,
+) -> None:
+    """Make the virtual host, users, permissions and policies of ``plan`` with ``run`` (the
+    local node's ``rabbitmqctl`` unless another node's is given)."""
+    run = run or ctl
+    if via == "definitions":
+        _import(plan.definitions(passwords), run)
+        return
+    run("add_vhost", plan.vhost)
+    for name in plan.participants:
+        run("add_user", plan.user(name), passwords[name])
+        grant = plan.permission(name)
+        run(
+            "set_permissions",
+            "-p",
+            plan.vhost,
+            plan.user(name),
+            grant.configure,
+            grant.write,
+            grant.read,
+        )
+    for policy in plan.policies():
+        run(
+            "set_policy",
+            "-p",
+            plan.vhost,
+            "--priority",
+            str(policy["priority"]),
+            "--apply-to",
+            policy["apply-to"],
+            policy["name"],
+            policy["pattern"],
+            json.dumps(policy["definition"]),
+        )
 
 
 def _in_background(*args: str) -> None:
@@ -317,12 +384,12 @@ def _in_background(*args: str) -> None:
     _cleanups.append(subprocess.Popen(command, stdout=quiet, stderr=quiet))
 
 
-def _import(definitions: dict[str, Any]) -> None:
+def _import(definitions: dict[str, Any], run: Callable[..., str]) -> None:
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
         json.dump(definitions, handle)
     try:
         os.chmod(handle.name, 0o644)
-        ctl("import_definitions", handle.name)
+        run("import_definitions", handle.name)
     finally:
         os.unlink(handle.name)
 

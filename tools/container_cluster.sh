@@ -21,6 +21,9 @@
 # broker's certificate and key; the CA's key is never written), kept until `clean`.
 # Prometheus's target file of the running sites (docker/.generated/<project>-targets/sites.json)
 # is written with the override, so `scale` updates what Prometheus scrapes without a restart.
+# Broker: one node, or a three-node cluster with HEFL_BROKER_NODES=3 (`make up BROKER_NODES=3`:
+# docker/compose.broker-cluster.yaml, and the sites override gives every participant the three
+# nodes' URLs); remembered in docker/.env like the identities.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PROJECT=${HEFL_PROJECT:-hefl}
@@ -35,8 +38,20 @@ fi
 : "${HEFL_DATA_DIR:=$(cd .. && pwd)/shared/data/diabetes130}"
 export HEFL_DATA_DIR
 py() { if [ -x .venv/bin/python ]; then .venv/bin/python "$@"; else python3 "$@"; fi; }
+# The broker nodes this cluster runs: HEFL_BROKER_NODES, else the count remembered, else 1.
+broker_nodes() {
+  local remembered=""
+  [ -f docker/.env ] && remembered=$(sed -n 's/^HEFL_BROKER_NODES=\([0-9][0-9]*\)$/\1/p' docker/.env | tail -1)
+  echo "${HEFL_BROKER_NODES:-${remembered:-1}}"
+}
+remember_broker_nodes() {
+  local n; n=$(broker_nodes)
+  { grep -v '^HEFL_BROKER_NODES=' docker/.env 2>/dev/null || true; echo "HEFL_BROKER_NODES=$n"; } >docker/.env.new
+  chmod 600 docker/.env.new && mv docker/.env.new docker/.env
+}
 compose() {
   local files=(-f docker/compose.yaml) env=()
+  if [ "$(broker_nodes)" != 1 ]; then files+=(-f docker/compose.broker-cluster.yaml); fi
   [ -f "$SITES" ] && files+=(-f "$SITES")   # the sites, once `up` wrote them
   [ -f docker/.env ] && env=(--env-file docker/.env)
   "${COMPOSE[@]}" -p "$PROJECT" "${env[@]}" "${files[@]}" "$@"
@@ -83,14 +98,16 @@ identities_for_up() {
 sites() {
   local issued; issued=$(issued_identities)
   [ -n "$issued" ] || { echo "error: no cluster keys issued yet: make up" >&2; exit 2; }
-  py -m hefl.sites compose --sites "$1" --issued "$issued" --out "$SITES" --targets "$TARGETS/sites.json"
+  py -m hefl.sites compose --sites "$1" --issued "$issued" --out "$SITES" --targets "$TARGETS/sites.json" \
+    --broker-nodes "$(broker_nodes)"
 }
 
 case "${1:-}" in
   up)
     n=${2:?usage: up N}
     identities_for_up "$n"
-    sites "$n" >/dev/null
+    sites "$n" >/dev/null   # refuses a broker node count other than 1 or 3
+    remember_broker_nodes
     py docker/broker_credentials.py --hospitals "$HEFL_HOSPITALS"
     export HEFL_EXPECT_HOSPITALS=${HEFL_EXPECT_HOSPITALS:-$n}
     [ "${HEFL_SKIP_BUILD:-0}" = 1 ] || bash tools/container_build.sh coordinator hospital prometheus
@@ -112,5 +129,5 @@ case "${1:-}" in
       "hefl-prometheus:${HEFL_TAG:-latest}" 2>/dev/null || true
     rm -rf docker/.env docker/.secrets "$SITES" "$TARGETS" ;;
   compose) shift; compose "$@" ;;
-  *) sed -n '2,23p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,26p' "$0" >&2; exit 2 ;;
 esac

@@ -1,10 +1,12 @@
 """``python -m hefl.sites``: write the per-site definitions of a cluster (host tool).
 
     python -m hefl.sites compose --sites N --issued M --out docker/.generated/hefl.yaml
-            [--targets docker/.generated/hefl-targets/sites.json]
+            [--targets docker/.generated/hefl-targets/sites.json] [--broker-nodes 1|3]
         the compose override for N sites of a cluster whose keys hold M identities; prints the
         sites' services (for `compose up` of the sites alone), refuses N > M (exit 2); with
-        --targets, also Prometheus's target file for those N sites (file-based discovery)
+        --targets, also Prometheus's target file for those N sites (file-based discovery); with
+        --broker-nodes 3, every participant gets the URLs of the broker cluster's three nodes
+        (docker/compose.broker-cluster.yaml)
     python -m hefl.sites k8s --sites N [--out k8s/hospitals.yaml]
         one Deployment per site from k8s/templates/hospital-site.yaml
 
@@ -45,7 +47,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _compose(args: argparse.Namespace) -> int:
     base = yaml.safe_load(args.base.read_text())
-    generated = compose.override(base, sites=args.sites, issued=args.issued)
+    generated = compose.override(
+        base, sites=args.sites, issued=args.issued, broker_nodes=args.broker_nodes
+    )
     text = COMPOSE_HEADER.format(sites=args.sites, issued=args.issued) + yaml.safe_dump(
         generated, sort_keys=False, default_flow_style=False
     )
@@ -85,6 +89,9 @@ def _parser() -> argparse.ArgumentParser:
     on_compose.add_argument("--out", type=Path, required=True)
     on_compose.add_argument(
         "--targets", type=Path, help="also write Prometheus's target file of the sites here"
+    )
+    on_compose.add_argument(
+        "--broker-nodes", type=int, default=1, help="broker nodes: 1 (default) or 3"
     )
     on_compose.set_defaults(run=_compose)
     on_k8s = commands.add_parser("k8s", help="one Deployment per site, for the kustomize base")

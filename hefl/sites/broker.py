@@ -12,6 +12,13 @@ The broker's TLS material (``issue_tls``) is made with the credentials: a fresh 
 the broker's certificate and is then dropped, so its key is never written anywhere and no second
 certificate can be signed by it. The broker gets the certificate and its key; every participant
 gets only the CA certificate (``hefl --broker-ca``), so it trusts this broker and nothing else.
+The certificate names every node of both deployments' broker clusters too, so the same files
+serve one node or three.
+
+A broker cluster (three nodes: compose's ``make up BROKER_NODES=3``, Kubernetes' StatefulSet)
+forms from ``cluster_config`` (the nodes listed, classic peer discovery); its nodes share an
+Erlang cookie (``erlang_cookie``), a secret like the passwords. Participants get every node's
+URL (``participant_urls``) and move to another node when theirs is lost.
 
 Pure functions: ``docker/broker_credentials.py`` writes the compose cluster's files from them, and
 ``hefl keys-k8s-secrets`` prints them as Kubernetes Secrets.
@@ -26,6 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from common.errors import ConfigError
 from common.transport.brokerconf import DEFAULT_VHOST, TLS_PORT, BrokerPlan, TlsFiles, rabbitmq_conf
 from common.transport.brokerpki import DEFAULT_BROKER_HOSTS, CertifiedKey, make_ca, make_server_cert
 from common.transport.names import COORDINATOR
@@ -39,6 +47,15 @@ MANAGEMENT_PORT: Final = 15672
 ADMIN: Final = "admin"
 #: Every participant's broker URL, in both deployments: its identity is its user.
 PARTICIPANT_URL: Final = f"amqps://{BROKER_HOST}:{BROKER_PORT}/{DEFAULT_VHOST}"
+#: The nodes of compose's broker cluster (services and host names; the first is the one broker
+#: of the single-node default) and of the Kubernetes StatefulSet (pods of the headless Service).
+COMPOSE_NODES: Final = (BROKER_HOST, f"{BROKER_HOST}-2", f"{BROKER_HOST}-3")
+NODES_SERVICE: Final = f"{BROKER_HOST}-nodes"
+K8S_NODES: Final = tuple(f"{BROKER_HOST}-{i}.{NODES_SERVICE}" for i in range(3))
+#: The names the broker's certificate holds: the single broker, and every node of both clusters.
+CERTIFICATE_HOSTS: Final = (*DEFAULT_BROKER_HOSTS, *COMPOSE_NODES[1:], *K8S_NODES)
+#: The Kubernetes Secret of the broker nodes' shared Erlang cookie (key ``cookie``).
+COOKIE_SECRET: Final = "hefl-broker-cookie"
 DEFINITIONS_KEY: Final = "definitions.json"
 DEFINITIONS_SECRET: Final = "hefl-broker-definitions"
 #: The coordinator's password (``coordinator-password``), the operator's (``admin-password``).
@@ -69,7 +86,7 @@ class BrokerTls:
         return {CA_FILE: self.ca_cert, CERT_FILE: self.server.cert, KEY_FILE: self.server.key}
 
 
-def issue_tls(hosts: Sequence[str] = DEFAULT_BROKER_HOSTS) -> BrokerTls:
+def issue_tls(hosts: Sequence[str] = CERTIFICATE_HOSTS) -> BrokerTls:
     """A new private CA's certificate and the broker's certificate for ``hosts``, signed by it.
 
     The CA's key only lives in this call: nothing else is ever signed with it, so rotating the
@@ -89,6 +106,62 @@ def rabbitmq_config(*, tls_dir: str, definitions_file: str) -> str:
     )
     conf = rabbitmq_conf(tls=tls, definitions_file=definitions_file, plain_tcp=False)
     return conf + f"management.tcp.port = {MANAGEMENT_PORT}\n"
+
+
+def participant_urls(nodes: Sequence[str]) -> str:
+    """Every participant's broker URL for a cluster of ``nodes``: one per node, comma-separated."""
+    return ",".join(f"amqps://{node}:{BROKER_PORT}/{DEFAULT_VHOST}" for node in nodes)
+
+
+def compose_broker_urls(nodes: int) -> str:
+    """The compose participants' broker URL(s) with ``nodes`` broker nodes: the single broker,
+    or the three of ``docker/compose.broker-cluster.yaml``."""
+    if nodes == 1:
+        return PARTICIPANT_URL
+    if nodes == len(COMPOSE_NODES):
+        return participant_urls(COMPOSE_NODES)
+    raise ConfigError(f"the compose broker runs 1 or {len(COMPOSE_NODES)} nodes, not {nodes}")
+
+
+def node_names(hosts: Sequence[str]) -> tuple[str, ...]:
+    """The RabbitMQ node names of ``hosts``: ``rabbit@<host>``, each container's default."""
+    return tuple(f"rabbit@{host}" for host in hosts)
+
+
+def cluster_config(nodes: Sequence[str], *, grow_quorum_queues: bool = False) -> str:
+    """The ``conf.d`` snippet that makes ``nodes`` (node names, ``rabbit@<host>``) one cluster.
+
+    Classic peer discovery: a blank node joins the listed nodes that run, or forms the cluster
+    when none does (RabbitMQ locks that step, so nodes may boot together). The queues of the
+    definitions are declared once all of them have joined (``target_cluster_size_hint``), so each
+    quorum queue has a member on every node. A node that cannot see a majority of the cluster
+    pauses (``pause_minority``) rather than take messages the majority never sees.
+    ``grow_quorum_queues`` (RabbitMQ 3.13 and later only) also adds members on its own to a
+    quorum queue declared before every node had joined.
+    """
+    if len(nodes) < 3:
+        raise ConfigError("a broker cluster has at least 3 nodes: a majority survives one's loss")
+    lines = [
+        "# RabbitMQ cluster for hefl (hefl.sites.broker.cluster_config)",
+        "cluster_formation.peer_discovery_backend = classic_config",
+        *(
+            f"cluster_formation.classic_config.nodes.{i} = {node}"
+            for i, node in enumerate(nodes, 1)
+        ),
+        f"cluster_formation.target_cluster_size_hint = {len(nodes)}",
+        "cluster_partition_handling = pause_minority",
+    ]
+    if grow_quorum_queues:
+        lines += [
+            "quorum_queue.continuous_membership_reconciliation.enabled = true",
+            f"quorum_queue.continuous_membership_reconciliation.target_group_size = {len(nodes)}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def erlang_cookie(token: Callable[[], str] = lambda: secrets.token_hex(32)) -> str:
+    """A new Erlang cookie: whoever holds it controls every node of the broker cluster."""
+    return token()
 
 
 def participants(hospitals: Sequence[str]) -> tuple[str, ...]:
@@ -138,11 +211,15 @@ def site_secret(hospital: str) -> str:
 
 
 def k8s_secrets(
-    hospitals: Sequence[str], passwords: Mapping[str, str], admin_password: str, tls: BrokerTls
+    hospitals: Sequence[str],
+    passwords: Mapping[str, str],
+    admin_password: str,
+    tls: BrokerTls,
+    cookie: str | None = None,
 ) -> list[dict[str, Any]]:
-    """The broker's definitions and TLS files (for the broker's pod), the CA certificate (for
-    every participant), the coordinator's and admin's passwords, one password per site (key
-    ``password``)."""
+    """The broker's definitions, TLS files and Erlang cookie (for the broker's pods), the CA
+    certificate (for every participant), the coordinator's and admin's passwords, one password
+    per site (key ``password``). ``cookie``: a new one unless given."""
     rendered = json.dumps(definitions(hospitals, passwords, admin_password), indent=2)
     shared = {
         f"{COORDINATOR}-password": passwords[COORDINATOR],
@@ -152,6 +229,7 @@ def k8s_secrets(
     return [
         _secret(DEFINITIONS_SECRET, {DEFINITIONS_KEY: rendered}, BROKER_HOST),
         _secret(TLS_SECRET, tls_files, BROKER_HOST),
+        _secret(COOKIE_SECRET, {"cookie": cookie or erlang_cookie()}, BROKER_HOST),
         _secret(CA_SECRET, {CA_FILE: tls_files[CA_FILE]}, "participants"),
         _secret(CREDENTIALS_SECRET, shared, COORDINATOR),
         *(_secret(site_secret(h), {"password": passwords[h]}, h, site=h) for h in hospitals),

@@ -11,6 +11,8 @@ of one site's share) and ``x-hospital-site`` (the site itself). ``override`` rep
   reads its broker password from its own file (a compose secret), and runs as ``HEFL_HOSPITAL``;
 - the coordinator's ``HEFL_PARTICIPANTS``: the identities issued for this cluster (the sites it
   may run), not whatever else a ceremony's ``trust.json`` might list.
+- with a broker cluster (``broker_nodes`` 3: ``docker/compose.broker-cluster.yaml``), every
+  participant's ``HEFL_BROKER_URL``: the URLs of the three nodes (``broker.compose_broker_urls``).
 
 Key volumes and broker secrets are declared for every issued identity, so scaling down leaves
 a site's keys in place for scaling up again, and ``down --volumes`` removes them all.
@@ -27,6 +29,7 @@ from typing import Any, Final
 
 from common.errors import ConfigError
 from hefl.sites import check_sites, site_names
+from hefl.sites.broker import compose_broker_urls
 
 SITE_KEYS_TEMPLATE: Final = "x-site-keys"
 SITE_TEMPLATE: Final = "x-hospital-site"
@@ -58,19 +61,26 @@ def password_file(name: str) -> str:
     return f"{SECRETS_DIR}/{name}.password"
 
 
-def override(base: Mapping[str, Any], *, sites: int, issued: int) -> dict[str, Any]:
-    """The override that runs ``sites`` sites of a cluster whose keys hold ``issued`` identities.
+def override(
+    base: Mapping[str, Any], *, sites: int, issued: int, broker_nodes: int = 1
+) -> dict[str, Any]:
+    """The override that runs ``sites`` sites of a cluster whose keys hold ``issued`` identities
+    on ``broker_nodes`` broker nodes (1, or 3 with ``docker/compose.broker-cluster.yaml``).
 
     ``base`` is ``docker/compose.yaml`` as loaded (anchors resolved); only its templates are used.
     """
     names = check_sites(sites, issued)
     everyone = site_names(issued)
-    services: dict[str, Any] = {
-        "coordinator": {"environment": {"HEFL_PARTICIPANTS": ",".join(everyone)}}
-    }
+    broker_url = compose_broker_urls(broker_nodes)
+    coordinator = {"HEFL_PARTICIPANTS": ",".join(everyone)}
+    if broker_nodes != 1:
+        coordinator["HEFL_BROKER_URL"] = broker_url
+    services: dict[str, Any] = {"coordinator": {"environment": coordinator}}
     for site in names:
         services[keys_service(site)] = _keys_step(_template(base, SITE_KEYS_TEMPLATE), site)
         services[site] = _site(_template(base, SITE_TEMPLATE), site)
+        if broker_nodes != 1:
+            services[site]["environment"]["HEFL_BROKER_URL"] = broker_url
     return {
         "services": services,
         "volumes": {key_volume(site): {} for site in everyone},

@@ -22,9 +22,11 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -182,20 +184,23 @@ def test_each_site_pod_mounts_only_its_own_secrets_and_only_sites_the_he_secret_
 def test_the_broker_listens_on_tls_only_and_every_participant_trusts_the_cluster_ca(
     objects: list[dict[str, Any]],
 ) -> None:
-    from hefl.sites.broker import PARTICIPANT_URL
+    from hefl.sites.broker import K8S_NODES, participant_urls
 
     workloads = [o for o in objects if o["kind"] in ("Deployment", "StatefulSet", "Job")]
     holders = {o["metadata"]["name"] for o in workloads if "hefl-broker-tls" in mounted_secrets(o)}
-    assert holders == {"rabbitmq"}  # the broker's key: its own pod only
+    assert holders == {"rabbitmq"}  # the broker's key: its own pods only
     service = by_kind(objects, "Service", "rabbitmq")["spec"]
     assert sorted(p["port"] for p in service["ports"]) == [5671, 15672]
-    (broker,) = by_kind(objects, "StatefulSet", "rabbitmq")["spec"]["template"]["spec"][
-        "containers"
-    ]
-    assert sorted(p["containerPort"] for p in broker["ports"]) == [5671, 15672]
-    assert (
-        by_kind(objects, "ConfigMap", "hefl-config")["data"]["HEFL_BROKER_URL"] == PARTICIPANT_URL
-    )
+    # AMQP over TLS only; epmd and Erlang distribution for the cluster's nodes
+    assert container_ports(by_kind(objects, "StatefulSet", "rabbitmq")) == {
+        "amqps": 5671,
+        "management": 15672,
+        "epmd": 4369,
+        "cluster": 25672,
+    }
+    assert by_kind(objects, "ConfigMap", "hefl-config")["data"][
+        "HEFL_BROKER_URL"
+    ] == participant_urls(K8S_NODES)
     participants = [o for o in workloads if "hefl-broker-ca" in mounted_secrets(o)]
     assert sorted(o["metadata"]["name"] for o in participants) == sorted(
         ["hefl-coordinator", *(f"hefl-{site}" for site in sites(objects))]
@@ -329,7 +334,7 @@ def test_network_policies_let_hospitals_reach_only_the_broker_and_only_the_scrap
             ("broker", broker),
             ("scraper", scraper),
         ]
-        for port in (STATUS_PORT, METRICS_PORT, 5671, 5672, 9090, 15672)
+        for port in (STATUS_PORT, METRICS_PORT, 4369, 5671, 5672, 9090, 15672, 25672)
         if may_connect(objects, one, two, port)
     }
     assert allowed == {
@@ -338,12 +343,71 @@ def test_network_policies_let_hospitals_reach_only_the_broker_and_only_the_scrap
         ("scraper", "coordinator", STATUS_PORT),  # the coordinator's status port: the scraper only
         ("scraper", "other hospital", METRICS_PORT),  # a site's metrics: the scraper only
     }
+    # The broker's nodes reach one another's epmd and Erlang distribution, and no participant.
+    peers = {
+        port
+        for port in (STATUS_PORT, METRICS_PORT, 4369, 5671, 5672, 15672, 25672)
+        if may_connect(objects, broker, broker, port)
+    }
+    assert peers == {4369, 25672}
+    assert not any(
+        may_connect(objects, broker, target, port)
+        for target in (coordinator, hospital, scraper)
+        for port in (STATUS_PORT, METRICS_PORT, 4369, 5671, 25672)
+    )
     # Every egress rule of a participant is DNS or AMQP over TLS.
     for policy in (o for o in objects if o["kind"] == "NetworkPolicy"):
         spec = policy["spec"]
         if selects(spec["podSelector"], hospital) or selects(spec["podSelector"], coordinator):
             for rule in spec.get("egress", []):
                 assert {p["port"] for p in rule["ports"]} <= {53, 5671}, policy["metadata"]["name"]
+
+
+def test_the_broker_is_a_three_node_cluster_of_the_nodes_its_config_and_its_clients_name(
+    objects: list[dict[str, Any]],
+) -> None:
+    """The StatefulSet's pods, named by the headless Service, are the nodes 20-cluster.conf lists
+    and the hosts of every participant's URL list (and of the broker's certificate); they start
+    together, share the cookie Secret that only they mount, and drain one at a time."""
+    from hefl.sites.broker import CERTIFICATE_HOSTS, K8S_NODES, cluster_config, node_names
+
+    statefulset = by_kind(objects, "StatefulSet", "rabbitmq")
+    spec = statefulset["spec"]
+    replicas, service = spec["replicas"], spec["serviceName"]
+    assert replicas == 3 and spec["podManagementPolicy"] == "Parallel"
+    headless = by_kind(objects, "Service", service)["spec"]
+    assert headless["clusterIP"] == "None" and headless["publishNotReadyAddresses"] is True
+    assert selects(
+        {"matchLabels": headless["selector"]}, pod_labels(objects, "StatefulSet", "rabbitmq")
+    )
+    assert service_ports(by_kind(objects, "Service", service), statefulset) == {
+        5671: 5671,
+        4369: 4369,
+        25672: 25672,
+    }
+    (container,) = spec["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env["RABBITMQ_USE_LONGNAME"]["value"] == "true"
+    pods = [f"{statefulset['metadata']['name']}-{k}" for k in range(replicas)]
+    names = [env["RABBITMQ_NODENAME"]["value"].replace("$(POD_NAME)", pod) for pod in pods]
+    hosts = [name.partition("@")[2] for name in names]
+    assert hosts == list(K8S_NODES) and tuple(names) == node_names(K8S_NODES)
+    conf = by_kind(objects, "ConfigMap", "hefl-rabbitmq-config")["data"]["20-cluster.conf"]
+    assert conf == cluster_config(names, grow_quorum_queues=True)
+    urls = by_kind(objects, "ConfigMap", "hefl-config")["data"]["HEFL_BROKER_URL"].split(",")
+    assert [re.match(r"amqps://([^:/]+):5671/hefl$", url)[1] for url in urls] == hosts  # type: ignore[index]
+    assert set(hosts) <= set(CERTIFICATE_HOSTS)
+    workloads = [o for o in objects if o["kind"] in ("Deployment", "StatefulSet", "Job")]
+    cookie_holders = [
+        o["metadata"]["name"] for o in workloads if "hefl-broker-cookie" in mounted_secrets(o)
+    ]
+    assert cookie_holders == ["rabbitmq"]
+    (init,) = spec["template"]["spec"]["initContainers"]
+    assert "/var/lib/rabbitmq/.erlang.cookie" in " ".join(init["command"])
+    budget = by_kind(objects, "PodDisruptionBudget", "rabbitmq")["spec"]
+    assert budget["maxUnavailable"] == 1
+    assert budget["selector"] == spec["selector"]
 
 
 def test_the_policy_evaluation_catches_an_open_port() -> None:
@@ -534,6 +598,61 @@ def test_the_compose_file_keeps_every_site_key_out_of_running_containers() -> No
         assert keys == [f"keys-hospital-{k}:/keys:ro"]
     assert all(s.get("read_only") for n, s in services.items() if n != "rabbitmq")
     assert "hospital" not in services
+
+
+def test_the_compose_broker_cluster_runs_three_nodes_of_one_cluster_for_every_participant() -> None:
+    """``make up BROKER_NODES=3`` reads docker/compose.broker-cluster.yaml after the base file:
+    the broker becomes three nodes with their own data, the base's files and networks, the
+    cluster's configuration and cookie; the sites override gives every participant the three
+    nodes' URLs, and the participants start once all three run. ``docker-compose config``
+    accepts the merge."""
+    from hefl.sites.broker import COMPOSE_NODES, PARTICIPANT_URL
+    from hefl.sites.compose import override
+
+    compose = shutil.which("docker-compose")
+    if compose is None:
+        pytest.fail("docker-compose is not installed: apt-get install -y docker-compose")
+    base = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
+    cluster = yaml.safe_load((ROOT / "docker" / "compose.broker-cluster.yaml").read_text())
+    generated = override(base, sites=3, issued=4, broker_nodes=3)
+    with tempfile.TemporaryDirectory() as folder:
+        sites_file = Path(folder) / "sites.yaml"
+        sites_file.write_text(yaml.safe_dump(generated))
+        files = ["-f", "compose.yaml", "-f", "compose.broker-cluster.yaml", "-f", str(sites_file)]
+        checked = subprocess.run(
+            [compose, "-p", "hefl-check", *files, "config"],
+            cwd=ROOT / "docker",
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert checked.returncode == 0, checked.stderr
+    merged = yaml.safe_load(checked.stdout)["services"]
+    nodes = {name: merged[name] for name in COMPOSE_NODES}
+    assert [node["hostname"] for node in nodes.values()] == list(COMPOSE_NODES)
+    data = {
+        name: next(v for v in node["volumes"] if v.endswith(":/var/lib/rabbitmq:rw"))
+        for name, node in nodes.items()
+    }
+    assert len(set(data.values())) == 3  # each node its own
+    shared = {v for v in nodes["rabbitmq"]["volumes"] if v not in data.values()}
+    assert any(v.endswith(":/etc/rabbitmq/conf.d/20-cluster.conf:ro") for v in shared)
+    assert len(shared) == 6  # the base's five files and the cluster's configuration
+    for node in nodes.values():
+        assert shared <= set(node["volumes"])
+        assert [s["source"] for s in node["secrets"]] == ["erlang-cookie"]
+        assert "/run/secrets/erlang-cookie" in node["entrypoint"][2]
+        assert sorted(node["networks"]) == ["core", "sites"]
+    assert not any(merged[name].get("ports") for name in COMPOSE_NODES[1:])
+    assert "await_online_nodes 3" in " ".join(nodes["rabbitmq"]["healthcheck"]["test"])
+    assert set(COMPOSE_NODES) <= set(merged["coordinator"]["depends_on"])
+    assert cluster["secrets"]["erlang-cookie"]["file"] == "./.secrets/broker/erlang.cookie"
+    for name in ("coordinator", "hospital-1", "hospital-3"):
+        urls = merged[name]["environment"]["HEFL_BROKER_URL"].split(",")
+        assert [urlsplit(url).hostname for url in urls] == list(COMPOSE_NODES)
+    single = override(base, sites=3, issued=4)["services"]
+    assert "HEFL_BROKER_URL" not in single["coordinator"]["environment"]
+    assert single["hospital-1"]["environment"]["HEFL_BROKER_URL"] == PARTICIPANT_URL
 
 
 def test_the_compose_file_keeps_the_coordinators_status_port_away_from_every_site() -> None:

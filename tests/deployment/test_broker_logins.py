@@ -19,6 +19,7 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from common.errors import ConfigError
 from hefl.sites import broker
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -98,6 +99,7 @@ def test_compose_credentials_are_files_one_per_participant_kept_across_runs(
     assert sorted(p.name for p in files.iterdir()) == [
         "admin.password",
         "coordinator.password",
+        "erlang.cookie",  # the broker cluster's nodes' (make up BROKER_NODES=3)
         "hospital-1.password",
         "hospital-2.password",
         "hospital-3.password",
@@ -105,7 +107,7 @@ def test_compose_credentials_are_files_one_per_participant_kept_across_runs(
     assert mode(secrets) == mode(files) == 0o700  # only the operator reaches the files
     assert mode(files / "admin.password") == 0o600
     assert mode(files / "hospital-1.password") == 0o644  # read by the container's own user
-    passwords = {p.stem: p.read_text().strip() for p in files.iterdir()}
+    passwords = {p.stem: p.read_text().strip() for p in files.glob("*.password")}
     assert len(set(passwords.values())) == 5  # one password per user
     definitions = json.loads((secrets / "definitions.json").read_text())
     assert [u["name"] for u in definitions["users"]] == [
@@ -152,7 +154,15 @@ def test_the_brokers_certificate_names_the_broker_and_only_its_own_key_is_kept()
     cert = x509.load_pem_x509_certificate(files["server.pem"])
     cert.verify_directly_issued_by(ca)
     names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert names.get_values_for_type(x509.DNSName) == ["rabbitmq", "localhost"]
+    assert names.get_values_for_type(x509.DNSName) == [
+        "rabbitmq",
+        "localhost",
+        "rabbitmq-2",  # the nodes of compose's broker cluster (the first is "rabbitmq")
+        "rabbitmq-3",
+        "rabbitmq-0.rabbitmq-nodes",  # the nodes of the Kubernetes StatefulSet
+        "rabbitmq-1.rabbitmq-nodes",
+        "rabbitmq-2.rabbitmq-nodes",
+    ]
     assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
     key = serialization.load_pem_private_key(files["server.key"], password=None)
     public = serialization.PublicFormat.SubjectPublicKeyInfo
@@ -182,6 +192,41 @@ def test_the_brokers_listen_on_tls_only_in_compose_and_kubernetes() -> None:
     )
 
 
+def test_the_broker_clusters_form_from_the_nodes_their_participants_name() -> None:
+    compose = (ROOT / "docker" / "rabbitmq" / "20-cluster.conf").read_text()
+    nodes = broker.node_names(broker.COMPOSE_NODES)
+    assert conf_lines(compose) == conf_lines(broker.cluster_config(nodes))
+    assert nodes == ("rabbit@rabbitmq", "rabbit@rabbitmq-2", "rabbit@rabbitmq-3")
+    assert "cluster_partition_handling = pause_minority" in compose
+    assert "cluster_formation.target_cluster_size_hint = 3" in compose
+    urls = broker.compose_broker_urls(3).split(",")
+    assert [urlsplit(url).hostname for url in urls] == list(broker.COMPOSE_NODES)
+    assert broker.compose_broker_urls(1) == broker.PARTICIPANT_URL
+    with pytest.raises(ConfigError, match="1 or 3 nodes"):
+        broker.compose_broker_urls(2)
+    with pytest.raises(ConfigError, match="at least 3 nodes"):
+        broker.cluster_config(nodes[:2])
+
+
+def test_compose_credentials_keep_one_erlang_cookie_and_reissue_a_certificate_without_the_nodes(
+    tmp_path: Path,
+) -> None:
+    assert generate(tmp_path, 2).returncode == 0
+    cookie = tmp_path / ".secrets" / "broker" / "erlang.cookie"
+    first = cookie.read_text()
+    assert len(first) == 64 and mode(cookie) == 0o644  # the 0700 folder keeps it from others
+    tls = tmp_path / ".secrets" / "tls"
+    old = broker.issue_tls(("rabbitmq", "localhost", "127.0.0.1"))  # from before the clusters
+    for name, data in old.files().items():
+        (tls / name).write_bytes(data)
+    assert generate(tmp_path, 2).returncode == 0
+    assert cookie.read_text() == first  # kept, as the passwords are
+    cert = x509.load_pem_x509_certificate((tls / "server.pem").read_bytes())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "rabbitmq-3" in names.get_values_for_type(x509.DNSName)  # issued again
+    assert (tls / "ca.pem").read_bytes() != old.ca_cert
+
+
 def test_compose_credentials_need_at_least_one_hospital(tmp_path: Path) -> None:
     done = generate(tmp_path, 0)
     assert done.returncode == 2 and "at least one hospital" in done.stderr
@@ -197,6 +242,7 @@ def test_kubernetes_broker_secrets_give_each_site_only_its_own_login(sites: int)
     assert set(by_name) == {
         "hefl-broker-definitions",
         "hefl-broker-tls",
+        "hefl-broker-cookie",
         "hefl-broker-ca",
         "hefl-broker-credentials",
         *(f"hefl-{site}-broker" for site in names),
@@ -209,6 +255,11 @@ def test_kubernetes_broker_secrets_give_each_site_only_its_own_login(sites: int)
     assert [n for n, data in decoded.items() if b"PRIVATE KEY" in b"".join(data.values())] == [
         "hefl-broker-tls"
     ]
+    assert len(decoded["hefl-broker-cookie"]["cookie"]) == 64  # the broker's pods only
+    again = broker.k8s_secrets(names, passwords, "admin-pw", tls, cookie="c0ffee")
+    assert {m["metadata"]["name"]: m for m in again}["hefl-broker-cookie"]["data"] == {
+        "cookie": base64.b64encode(b"c0ffee").decode()
+    }
     for site in names:
         data = by_name[f"hefl-{site}-broker"]["data"]
         assert {k: base64.b64decode(v).decode() for k, v in data.items()} == {

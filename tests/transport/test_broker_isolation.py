@@ -301,11 +301,11 @@ def test_the_submit_queue_refuses_publishes_beyond_its_max_length() -> None:
         )
         with coordinator, hospital:
             coordinator.subscribe(SUBMIT, lambda body: None)
-            hospital.publish(SUBMIT, b"1")
-            hospital.publish(SUBMIT, b"2")
+            for body in (b"1", b"2", b"3"):  # a quorum queue checks its length before it takes
+                hospital.publish(SUBMIT, body)  # a message: it takes one past the limit
             with pytest.raises(TransportError, match=r"last: nacked"):
-                hospital.publish(SUBMIT, b"3")
-            assert ready(site, site.plan.names.submit_queue) == 2
+                hospital.publish(SUBMIT, b"4")
+            assert ready(site, site.plan.names.submit_queue) == 3
 
 
 def test_a_full_announce_queue_drops_its_oldest_and_never_fails_the_coordinator() -> None:

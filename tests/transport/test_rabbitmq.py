@@ -457,10 +457,11 @@ def test_a_hospital_started_before_the_coordinator_waits_for_its_exchanges(
 def test_a_message_the_broker_keeps_nacking_fails_after_the_publish_attempts(
     make: Make, vhost: broker.Vhost, prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    full = '{"max-length": 0, "overflow": "reject-publish"}'  # every publish is nacked
+    full = '{"max-length": 0, "overflow": "reject-publish"}'  # every publish is nacked ...
     broker.ctl("set_policy", "-p", vhost.name, "full", f"^{prefix}\\.submit\\.", full)
     declare_shared(make)
     hospital = make("hospital-1", publish_attempts=3)
+    hospital.publish(SUBMIT, b"taken")  # ... once full: a quorum queue takes one past the limit
 
     with (
         caplog.at_level(logging.WARNING, logger="common.transport.rabbitmq"),

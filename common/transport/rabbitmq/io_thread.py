@@ -7,6 +7,10 @@ threads make). They queue commands here and wake the thread, which runs them bet
 
 A lost connection is reopened with capped exponential backoff plus jitter (``Backoff``), the
 topology declared again and consuming resumed (pika's ``asynchronous_reconnecting_consumer``).
+With several broker nodes (a cluster's URLs) each attempt walks the list once, from the node
+after the last one used, so a client that loses its node moves on to the next at once; the
+first connection starts at a random node, so clients spread over the cluster. Only a whole
+walk that failed waits out a backoff delay.
 A broker away for ``give_up_after`` seconds, or one that keeps refusing the credentials, ends the
 thread with a TransportError naming the URL without password; it fails every waiting command and
 reaches ``serve`` through its sink. The next command starts a new thread and a new attempt window.
@@ -23,13 +27,13 @@ import random
 import ssl
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from common.errors import TransportError
 from common.transport.rabbitmq.commands import Ack, Command, fail
 from common.transport.rabbitmq.events import LOG
-from common.transport.rabbitmq.params import untrusted_certificate
+from common.transport.rabbitmq.params import Node, untrusted_certificate
 from common.transport.rabbitmq.session import DISCONNECTS, REFUSED, Session, Wiring
 from common.transport.rabbitmq.topology import SharedTopologyMissing
 from common.transport.settings import Backoff
@@ -45,13 +49,16 @@ class IOThread:
     def __init__(
         self,
         *,
-        params: Any,
+        nodes: Sequence[Node],
         wiring: Wiring,
         backoff: Backoff,
         sleep: Callable[[float], object] | None,
         clock: Callable[[], float],
     ) -> None:
-        self._params = params
+        if not nodes:
+            raise ValueError("an I/O thread needs at least one broker node")
+        self._nodes = tuple(nodes)
+        self._next = random.randrange(len(self._nodes))  # the node the next walk starts at
         self._wiring = wiring
         self._backoff = backoff
         self._clock = clock
@@ -61,12 +68,19 @@ class IOThread:
         self._commands: deque[Command] = deque()
         self._thread: threading.Thread | None = None
         self._connection: Any = None  # the live connection, for add_callback_threadsafe only
+        self._connected_to: str | None = None  # the endpoint of the live connection
         self._connected_before = False
         self.reconnects = 0
 
     @property
     def closing(self) -> bool:
         return self._closing.is_set()
+
+    @property
+    def connected_to(self) -> str | None:
+        """The endpoint (URL without password) of the node connected to now, if any."""
+        with self._lock:
+            return self._connected_to
 
     def submit(self, command: Command, *, start: bool = True) -> None:
         """Queue ``command`` and wake the thread, starting it if ``start`` and none runs."""
@@ -93,7 +107,7 @@ class IOThread:
             thread, connection = self._thread, self._connection
         _wake(connection)
         if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=self._params.stack_timeout + 5)
+            thread.join(timeout=self._nodes[0].params.stack_timeout + 5)
 
     def _run(self) -> None:
         events, endpoint = self._wiring.events, self._wiring.endpoint
@@ -111,7 +125,7 @@ class IOThread:
                     events("amqp_connection_lost", level=logging.WARNING, error=_describe(exc))
                 finally:
                     with self._lock:
-                        self._connection = None
+                        self._connection, self._connected_to = None, None
                     self._wiring.generation.advance()
                     session.close()
         except TransportError as exc:
@@ -197,18 +211,47 @@ class IOThread:
             self._connected_before = True
             events(
                 "amqp_connected",
-                endpoint=endpoint,
+                endpoint=self._connected_to,
                 attempt=attempt,
-                heartbeat=self._params.heartbeat,
+                heartbeat=self._nodes[0].params.heartbeat,
             )
             return session
         return None
 
     def _open(self) -> Session:
-        session = Session.open(self._params, self._wiring)
-        with self._lock:
-            self._connection = session.connection
-        return session
+        """Connect to the first node that takes this client, walking the list once from
+        ``_next``; the next walk starts after it. A certificate that does not verify, a refused
+        topology or a missing one end the walk: every node of a cluster answers the same.
+
+        When every node failed, the error raised is a refusal only if every node refused (bad
+        credentials), else the last failure to connect (nodes down or booting)."""
+        failures: list[BaseException] = []
+        count = len(self._nodes)
+        for step in range(count):
+            index = (self._next + step) % count
+            node = self._nodes[index]
+            if step and self._closing.is_set():
+                break
+            try:
+                session = Session.open(node.params, self._wiring)
+            except (*REFUSED, *DISCONNECTS) as exc:
+                if isinstance(exc, (SharedTopologyMissing, ssl.SSLCertVerificationError)):
+                    raise
+                failures.append(exc)
+                if count > 1:
+                    self._wiring.events(
+                        "amqp_node_failed",
+                        level=logging.WARNING,
+                        endpoint=node.endpoint,
+                        error=_describe(exc),
+                    )
+                continue
+            self._next = (index + 1) % count
+            with self._lock:
+                self._connection, self._connected_to = session.connection, node.endpoint
+            return session
+        not_refused = [exc for exc in failures if not isinstance(exc, REFUSED)]
+        raise (not_refused or failures)[-1]
 
     def _pump(self, session: Session) -> None:
         while True:

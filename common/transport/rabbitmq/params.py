@@ -1,25 +1,65 @@
-"""From a broker URL (and an optional CA file) to pika connection parameters.
+"""From broker URLs (and an optional CA file) to pika connection parameters, one ``Node`` each.
 
-The URL comes from the operator (flag or ``HEFL_BROKER_URL``) and carries the password, so next
-to the parameters this returns the endpoint without it: the only form of the URL that logs and
-error messages show. ``amqps://`` verifies the broker against the given CA file only (the
-deployment's private CA, ``--broker-ca``), else against the system CAs; a certificate that does
-not verify is final (``untrusted_certificate``), never retried.
+The URLs come from the operator (flag or ``HEFL_BROKER_URL``: one URL, or one per node of a
+cluster) and carry the password, so next to the parameters each node has its endpoint without
+it: the only form of a URL that logs and error messages show. ``amqps://`` verifies each node
+against the given CA file only (the deployment's private CA, ``--broker-ca``), else against the
+system CAs; a certificate that does not verify is final (``untrusted_certificate``), never
+retried.
 """
 
 from __future__ import annotations
 
 import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Final
 from urllib.parse import quote
 
 import pika
 
 from common.errors import ConfigError, TransportError
+from common.transport.settings import broker_urls
 
 DEFAULT_HEARTBEAT: Final = 30
 DEFAULT_CONNECT_TIMEOUT: Final = 10.0
 BLOCKED_SECONDS: Final = 60.0  # a broker blocking publishers (resource alarm) this long is "down"
+
+
+@dataclass(frozen=True)
+class Node:
+    """One broker node a client may connect to: its pika parameters and its URL without password."""
+
+    params: pika.URLParameters
+    endpoint: str
+
+
+def broker_nodes(
+    urls: str | Sequence[str],
+    *,
+    heartbeat: int,
+    connect_timeout: float,
+    ca_file: str | None,
+    name: str,
+) -> tuple[Node, ...]:
+    """The nodes of ``urls`` (one URL, or comma-separated URLs of one cluster), in that order."""
+    entries = broker_urls(urls)
+    nodes = []
+    for index, url in enumerate(entries, 1):
+        try:
+            params, endpoint = connection_parameters(
+                url,
+                heartbeat=heartbeat,
+                connect_timeout=connect_timeout,
+                ca_file=ca_file,
+                name=name,
+            )
+        except ConfigError as exc:
+            if len(entries) == 1:
+                raise
+            raise ConfigError(f"broker URL {index} of {len(entries)}: {exc}") from exc
+        nodes.append(Node(params, endpoint))
+    return tuple(nodes)
 
 
 def connection_parameters(

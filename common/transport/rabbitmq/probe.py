@@ -21,11 +21,17 @@ from typing import Any
 import pika
 import pika.exceptions
 
-from common.errors import TransportError
+from common.errors import ConfigError, TransportError
 from common.transport.rabbitmq.params import (
     DEFAULT_CONNECT_TIMEOUT,
     connection_parameters,
     untrusted_certificate,
+)
+from common.transport.settings import (
+    DEFAULT_QUEUE_TYPE,
+    URL_SEPARATOR,
+    QueueType,
+    queue_arguments,
 )
 
 
@@ -54,6 +60,8 @@ class Probe:
         ca_file: str | None = None,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     ) -> None:
+        if URL_SEPARATOR in url:
+            raise ConfigError("a probe logs in to one broker node: give one URL, not a list")
         params, self.endpoint = connection_parameters(
             url, heartbeat=30, connect_timeout=connect_timeout, ca_file=ca_file, name="hefl-probe"
         )
@@ -93,8 +101,12 @@ class Probe:
     def delete_queue(self, queue: str) -> Outcome:
         return self._try(lambda channel: channel.queue_delete(queue))
 
-    def declare_queue(self, queue: str) -> Outcome:
-        return self._try(lambda channel: channel.queue_declare(queue, durable=True))
+    def declare_queue(self, queue: str, *, queue_type: QueueType = DEFAULT_QUEUE_TYPE) -> Outcome:
+        """Declare ``queue`` durable, of ``queue_type`` (as the transport declares its queues)."""
+        arguments = queue_arguments(queue_type)
+        return self._try(
+            lambda channel: channel.queue_declare(queue, durable=True, arguments=arguments)
+        )
 
     def bind(self, queue: str, exchange: str, routing_key: str = "") -> Outcome:
         return self._try(lambda channel: channel.queue_bind(queue, exchange, routing_key))

@@ -107,6 +107,7 @@ class Session:
                 self._publisher,
                 sleep=self.connection.sleep,  # services the connection while it waits
                 redeclare=partial(self._declare, shared=True),
+                renew=self._renew_publisher,
             )
 
     def pump(self, seconds: float) -> None:
@@ -118,6 +119,15 @@ class Session:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.connection.close()
+
+    def _renew_publisher(self) -> Any:
+        """A new confirming publisher channel in place of the current one (see ``publisher``)."""
+        with contextlib.suppress(pika.exceptions.AMQPError):
+            self._publisher.close()
+        self._publisher = self.connection.channel()
+        self._publisher.confirm_delivery()
+        self._wiring.events("amqp_publisher_renewed", level=logging.DEBUG)
+        return self._publisher
 
     def _declare(self, *, shared: bool = False) -> None:
         topology, events = self._wiring.topology, self._wiring.events

@@ -11,6 +11,12 @@ Each participant declares only what it owns, which is all its broker user may co
 binding. A hospital only checks (passively) that the exchanges exist; until the coordinator (or
 the broker's definitions) declares them it keeps reconnecting, with a log line saying so.
 
+Both queues are quorum queues by default (``queue_type``): replicated by Raft over the nodes of
+a broker cluster, so a message the broker confirmed survives the loss of any one node of three,
+and the same on a single node. A queue's type is fixed when it is made: one made by an older hefl
+(classic, no ``x-queue-type``) is refused as "inequivalent", and the TransportError says how to
+replace it.
+
 Declaring is idempotent and happens on every (re)connect. A broker that refuses the topology
 (access refused, or a queue of the same name declared with other arguments) will refuse it again
 on every retry, so that refusal ends in a TransportError instead of a reconnect loop.
@@ -18,6 +24,7 @@ on every retry, so that refusal ends in a TransportError instead of a reconnect 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,9 +37,14 @@ from common.errors import TransportError
 from common.transport.base import ANNOUNCE, TOPICS
 from common.transport.names import COORDINATOR, Names, check_name
 from common.transport.rabbitmq.events import Events
+from common.transport.settings import DEFAULT_QUEUE_TYPE, QueueType, queue_arguments
 
 FATAL_REPLY_CODES: Final = (403, 406)  # access refused, precondition failed: retrying cannot help
 NOT_FOUND: Final = 404
+PRECONDITION_FAILED: Final = 406
+_INEQUIVALENT_TYPE: Final = re.compile(
+    r"inequivalent arg 'x-queue-type' for queue '(?P<queue>[^']*)' in vhost '(?P<vhost>[^']*)'"
+)
 
 
 class SharedTopologyMissing(Exception):
@@ -50,10 +62,12 @@ class Topology:
 
     identity: str
     prefix: str
+    queue_type: QueueType = DEFAULT_QUEUE_TYPE
 
     def __post_init__(self) -> None:
         check_name("identity", self.identity)
         check_name("prefix", self.prefix)
+        queue_arguments(self.queue_type)  # checks the type
 
     @property
     def names(self) -> Names:
@@ -108,13 +122,15 @@ class Topology:
             return
         channel.exchange_declare(self.exchange, exchange_type=fanout, durable=True)
         channel.exchange_declare(self.submit_exchange, exchange_type=direct, durable=True)
-        channel.queue_declare(self.submit_queue, durable=True)
+        arguments = queue_arguments(self.queue_type)
+        channel.queue_declare(self.submit_queue, durable=True, arguments=arguments)
         channel.queue_bind(self.submit_queue, self.submit_exchange, routing_key=self.submit_queue)
         events("amqp_declared", exchange=self.submit_exchange, queue=self.submit_queue)
 
     def declare_announce_queue(self, channel: Any, events: Events) -> None:
         """Declare this participant's announce queue and bind it to the exchange."""
-        channel.queue_declare(self.announce_queue, durable=True)
+        arguments = queue_arguments(self.queue_type)
+        channel.queue_declare(self.announce_queue, durable=True, arguments=arguments)
         channel.queue_bind(self.announce_queue, self.exchange, routing_key=self.announce_queue)
         events("amqp_declared", exchange=self.exchange, queue=self.announce_queue)
 
@@ -126,7 +142,20 @@ class Topology:
         except pika.exceptions.ChannelClosedByBroker as exc:
             if exc.reply_code not in FATAL_REPLY_CODES:
                 raise
+            found = _INEQUIVALENT_TYPE.search(exc.reply_text or "")
+            if exc.reply_code == PRECONDITION_FAILED and found:
+                raise self._other_queue_type(endpoint, found["queue"], found["vhost"]) from exc
             raise TransportError(
                 f"RabbitMQ at {endpoint} rejected the topology of prefix "
                 f"{self.prefix!r} for {self.identity!r}: {exc.reply_text}"
             ) from exc
+
+    def _other_queue_type(self, endpoint: str, queue: str, vhost: str) -> TransportError:
+        """The error for a queue made with another type than this transport declares."""
+        return TransportError(
+            f"RabbitMQ at {endpoint} holds the queue {queue!r} as another queue type than the "
+            f"{self.queue_type} queue hefl declares (it was made by an older hefl, or another "
+            "deployment); a queue's type cannot change. Once no run needs what it holds, delete "
+            f"it (rabbitmqctl delete_queue -p {vhost} {queue}): its owner declares it again when "
+            "it connects"
+        )

@@ -27,7 +27,7 @@ import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final
 
@@ -47,7 +47,7 @@ from common.transport.rabbitmq.io_thread import IOThread
 from common.transport.rabbitmq.params import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_HEARTBEAT,
-    connection_parameters,
+    broker_nodes,
 )
 from common.transport.rabbitmq.publisher import Publisher
 from common.transport.rabbitmq.session import Wiring
@@ -56,7 +56,9 @@ from common.transport.settings import (
     DEFAULT_BACKOFF,
     DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_PREFIX,
+    DEFAULT_QUEUE_TYPE,
     Backoff,
+    QueueType,
     broker_url,
 )
 
@@ -76,8 +78,9 @@ class RabbitMQTransport:
         self,
         *,
         identity: str,
-        url: str | None = None,
+        url: str | Sequence[str] | None = None,
         prefix: str = DEFAULT_PREFIX,
+        queue_type: QueueType = DEFAULT_QUEUE_TYPE,
         heartbeat: int = DEFAULT_HEARTBEAT,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         backoff: Backoff = DEFAULT_BACKOFF,
@@ -88,12 +91,16 @@ class RabbitMQTransport:
         sleep: Callable[[float], object] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """``senders``: the participants whose messages this one accepts, by identity; their
+        """``url``: the broker's URL or, for a cluster, its nodes' URLs (a sequence, or one string
+        separating them with commas); the transport connects to one node and moves to another
+        when it loses it. ``queue_type``: of the queues this participant declares.
+
+        ``senders``: the participants whose messages this one accepts, by identity; their
         broker users are named like this transport's own (when its user is ``<namespace><own
         identity>``, the user ``<namespace>hospital-1`` is ``hospital-1``; a deployment's
         namespace is empty). A Mapping names the users explicitly: broker user -> identity.
         None accepts every authenticated user, named by its user name without that namespace."""
-        topology = Topology(identity=identity, prefix=prefix)
+        topology = Topology(identity=identity, prefix=prefix, queue_type=queue_type)
         if not isinstance(heartbeat, int) or heartbeat < 1:
             raise ConfigError(f"heartbeat must be a whole number of seconds >= 1, got {heartbeat}")
         if connect_timeout <= 0 or publish_attempts < 1 or max_message_bytes < 1:
@@ -107,19 +114,21 @@ class RabbitMQTransport:
         self.submit_exchange = topology.submit_exchange
         self.announce_queue = topology.announce_queue
         self.submit_queue = topology.submit_queue
-        params, self.endpoint = connection_parameters(
+        nodes = broker_nodes(
             url or broker_url(),
             heartbeat=heartbeat,
             connect_timeout=connect_timeout,
             ca_file=ca_file,
             name=f"{prefix}:{identity}",
         )
+        self.endpoints = tuple(node.endpoint for node in nodes)
+        self.endpoint = ",".join(self.endpoints)  # every node, without passwords
         self._events = Events(identity)
         self._generation = Generation()
         self._lock = threading.Lock()  # guards the two fields below, read by the I/O thread
         self._handlers: dict[str, list[SenderHandler]] = {}
         self._sink: Sink | None = None
-        self.user: str | None = getattr(params.credentials, "username", None)
+        self.user: str | None = getattr(nodes[0].params.credentials, "username", None)
         self._namespace = _namespace(self.user, identity)
         self.senders = _sender_map(senders, self._namespace)
         publisher = Publisher(
@@ -138,7 +147,7 @@ class RabbitMQTransport:
             generation=self._generation,
             events=self._events,
         )
-        self._io = IOThread(params=params, wiring=wiring, backoff=backoff, sleep=sleep, clock=clock)
+        self._io = IOThread(nodes=nodes, wiring=wiring, backoff=backoff, sleep=sleep, clock=clock)
         self.handler_errors = 0
         self.dropped: Counter[str] = Counter()  # deliveries refused before any handler, by reason
 
@@ -146,6 +155,11 @@ class RabbitMQTransport:
     def reconnects(self) -> int:
         """Connections reopened after the first one, over the transport's life."""
         return self._io.reconnects
+
+    @property
+    def connected_to(self) -> str | None:
+        """The endpoint of the broker node this transport is connected to now (None: none)."""
+        return self._io.connected_to
 
     def __repr__(self) -> str:
         return f"RabbitMQTransport(identity={self.identity!r}, endpoint={self.endpoint!r})"
