@@ -17,12 +17,16 @@ TFF_VENV ?= .venv-tff
 .PHONY: help install test demo lint format clean distclean tff-env demo-tff broker
 # Containers: docker/ (compose), k8s/ (kustomize). README "Running it as a cluster".
 HOSPITALS ?= 4
+# 3: a three-node RabbitMQ cluster with quorum queues (docker/compose.broker-cluster.yaml);
+# unset: the node count the cluster was started with, else one node.
+BROKER_NODES ?=
 TOOLS_VENV ?= .venv-tools
-CLUSTER := bash tools/container_cluster.sh
+CLUSTER := HEFL_BROKER_NODES=$(BROKER_NODES) bash tools/container_cluster.sh
 .PHONY: up scale status logs down clean-cluster tools-env cluster-env k8s-sites k8s-deploy k8s-delete test-cluster
 
 help:
-	@echo "make demo     run the main job: 4 hospitals, 10 encrypted FedAvg rounds on Diabetes-130"
+	@echo "make demo     run the main job: 4 hospitals, 10 encrypted FedAvg rounds on Diabetes-130;"
+	@echo "             writes $(OUT)/report.html (plots) and prints its path"
 	@echo "make test     run the whole test suite"
 	@echo "make install  create $(VENV) and install everything (idempotent)"
 	@echo "make lint     ruff and mypy"
@@ -33,6 +37,7 @@ help:
 	@echo "make demo-tff the demo's federated run with TensorFlow Federated as the engine"
 	@echo "make broker   install (Debian) and start a local RabbitMQ for the tests"
 	@echo "make up       HOSPITALS=4: build images, start the compose cluster, follow the run"
+	@echo "make up BROKER_NODES=3  the same with a three-node RabbitMQ cluster (quorum queues, failover)"
 	@echo "make scale    HOSPITALS=N (sites hospital-1..N); make status; make logs; make down"
 	@echo "make k8s-sites HOSPITALS=N  write k8s/hospitals.yaml: one Deployment per hospital site"
 	@echo "make k8s-deploy / k8s-delete   apply or remove the kustomize base in k8s/"
@@ -47,7 +52,7 @@ $(STAMP): pyproject.toml tools/build_pyfhel.py
 	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
 	wheel=$$($(BIN)/python tools/build_pyfhel.py --wheel-dir $(WHEEL_CACHE) --python $(BIN)/python) && \
 	  $(BIN)/python -m pip install --quiet --force-reinstall --no-deps "$$wheel"
-	$(BIN)/python -m pip install --quiet -e '.[dev,ops]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,ops,report]'
 	@touch $@
 
 BENCH_ARGS ?=
@@ -58,7 +63,7 @@ BENCH_STAMP := $(VENV)/.hefl-bench-installed
 bench-install: $(BENCH_STAMP)
 
 $(BENCH_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[dev,ops,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,ops,report,bench]'
 	@touch $@
 
 # Full benchmarks (about 20 min on 2 cores): rewrites bench/results/ (the README links there).

@@ -28,8 +28,8 @@ from typing import Final
 import numpy as np
 from sklearn.metrics import average_precision_score
 
-from common.errors import TrainingError
-from common.fedavg import finite
+from common.errors import ConfigError, TrainingError
+from common.fedavg import CLINICAL_METRIC_NAMES, finite
 
 #: The share of patients flagged as highest risk: a typical follow-up capacity.
 DEFAULT_TOP_FRACTION: Final = 0.10
@@ -79,6 +79,21 @@ class ClinicalMetrics:
     def to_dict(self) -> dict[str, float | int | None]:
         """JSON-ready form; non-finite values become ``None`` because strict JSON has no NaN."""
         return {field.name: finite(getattr(self, field.name)) for field in fields(self)}
+
+    def reported(self) -> dict[str, float]:
+        """What a hospital's final report carries (``common.fedavg.CLINICAL_METRIC_NAMES``):
+        flat floats, NaN where undefined, and no row counts."""
+        return {name: float(getattr(self, name)) for name in CLINICAL_METRIC_NAMES}
+
+
+def checked_top_fraction(value: float) -> float:
+    """``value`` as a configured share of patients to flag: strictly between 0 and 1."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
+        raise ConfigError(
+            f"the top fraction flagged as highest risk must be between 0 and 1 "
+            f"(e.g. 0.1 for the top 10%), got {value!r}"
+        )
+    return float(value)
 
 
 def clinical_metrics(

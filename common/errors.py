@@ -56,6 +56,11 @@ class SchemaError(DataError):
     """A dataset schema file is malformed."""
 
 
+class BundleError(DataError):
+    """A model bundle is missing, incomplete, changed after it was written, or inconsistent
+    (its schema does not give the feature layout its model was trained on)."""
+
+
 class CryptoError(HeflError):
     """Homomorphic-encryption material or a ciphertext cannot be used."""
 

@@ -6,7 +6,8 @@ the benchmarks compute it identically:
 
 - what a hospital encrypts: its weights scaled by its weight, and the weight itself
   (:func:`weighted_payload`), and how every hospital turns the decrypted sum back into the
-  global model (:func:`average_from_sum`);
+  round's average (:func:`average_from_sum`, :func:`sane_average`), from which its server
+  optimizer (``common.server_optimizer``) makes the next global model;
 - the seeds that make a run reproducible in any deployment (:func:`training_seed`,
   :func:`split_seed`);
 - the unweighted mean of hospitals' metrics (the coordinator never learns dataset sizes) and the
@@ -33,6 +34,21 @@ from common.errors import ProtocolError
 WEIGHT_UNIT: Final = 10_000.0
 #: The hold-out metrics hospitals report and the coordinator averages.
 METRIC_NAMES: Final = ("auc", "accuracy", "loss")
+#: What a hospital's final report adds: the clinical metrics of the final model on its hold-out
+#: (``common.clinical.ClinicalMetrics``, without its row counts: the coordinator never learns
+#: dataset sizes). The operator's summary keeps them per hospital; they are not averaged.
+CLINICAL_METRIC_NAMES: Final = (
+    "auc_low",
+    "auc_high",
+    "average_precision",
+    "brier",
+    "calibration_slope",
+    "calibration_intercept",
+    "top_fraction",
+    "threshold",
+    "sensitivity",
+    "ppv",
+)
 
 
 #: The fewest updates a round's sum may hold: with 2, each contributor learns the other's update.
@@ -75,7 +91,13 @@ def payload_size(n_params: int) -> int:
 
 
 def average_from_sum(total: np.ndarray, n_params: int) -> np.ndarray:
-    """Divide the decrypted sum of weighted models by the decrypted sum of weights."""
+    """Divide the decrypted sum of weighted models by the decrypted sum of weights (float32:
+    under plain FedAvg, the global model the hospitals train from)."""
+    return weighted_average(total, n_params).astype(np.float32)
+
+
+def weighted_average(total: np.ndarray, n_params: int) -> np.ndarray:
+    """:func:`average_from_sum` in float64: what the server optimizer steps towards."""
     if total.shape != (payload_size(n_params),):
         raise ProtocolError(
             f"aggregate holds {total.shape[0]} values, expected {payload_size(n_params)}"
@@ -86,7 +108,7 @@ def average_from_sum(total: np.ndarray, n_params: int) -> np.ndarray:
             f"global update refused: the sum of weights is {weight}, not positive (a contributor "
             "sent a negative or zero weight)"
         )
-    return (total[:-1] / weight).astype(np.float32)
+    return np.asarray(total[:-1], dtype=np.float64) / weight
 
 
 #: A decrypted sum whose stated error (a 20-sigma bound) could move an averaged weight by more
@@ -101,11 +123,12 @@ def averaging_error(total: np.ndarray, error: float) -> float:
     return error / weight if weight > 0 else math.inf
 
 
-def sane_global(
+def sane_average(
     total: np.ndarray, summands: int, previous: np.ndarray, sanity: Sanity
 ) -> np.ndarray:
-    """The global model from a decrypted sum, if it is within ``sanity``'s bounds."""
-    weights = average_from_sum(total, previous.shape[0])
+    """The round's weighted average (float64) from a decrypted sum, if it is within
+    ``sanity``'s bounds; ``previous`` is the global model the round started from."""
+    weights = weighted_average(total, previous.shape[0])
     rows = float(total[-1]) * WEIGHT_UNIT
     if rows > summands * sanity.max_rows:
         raise ProtocolError(
@@ -114,7 +137,7 @@ def sane_global(
         )
     if not np.all(np.isfinite(weights)):
         raise ProtocolError("global update refused: the model holds values that are not finite")
-    step = float(np.linalg.norm(weights.astype(np.float64) - previous))
+    step = float(np.linalg.norm(weights - previous))
     allowed = sanity.max_update_ratio * max(float(np.linalg.norm(previous)), 1.0)
     if step > allowed:
         raise ProtocolError(
@@ -149,8 +172,10 @@ def mean_metrics(reports: Sequence[Mapping[str, float]]) -> dict[str, float] | N
 
 
 def finite_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
-    """One hospital's hold-out metrics without undefined values (e.g. a one-class AUC)."""
-    return {k: metrics[k] for k in METRIC_NAMES if k in metrics and math.isfinite(metrics[k])}
+    """One hospital's hold-out metrics (the averaged and the clinical ones) without undefined
+    values (e.g. a one-class AUC); any other key a hospital sent is dropped."""
+    names = (*METRIC_NAMES, *CLINICAL_METRIC_NAMES)
+    return {k: metrics[k] for k in names if k in metrics and math.isfinite(metrics[k])}
 
 
 def finite(value: Any) -> Any:

@@ -23,6 +23,7 @@ import numpy as np
 
 from common import quiet_tensorflow
 from common.errors import ConfigError
+from common.server_optimizer import DEFAULT_SERVER_CONFIG, ServerOptimizerConfig
 
 if TYPE_CHECKING:
     import keras
@@ -64,7 +65,9 @@ class ModelConfig:
     """Architecture and local-training settings that every hospital in a run must share.
 
     ``hidden_units`` lists the widths of the hidden ``Dense`` layers; an empty tuple gives
-    logistic regression. The output layer is always one sigmoid unit.
+    logistic regression. The output layer is always one sigmoid unit. ``server_optimizer`` is
+    what every hospital applies to each round's decrypted average (``common.server_optimizer``;
+    a mapping, e.g. from YAML, is read with ``ServerOptimizerConfig.from_dict``).
     """
 
     hidden_units: tuple[int, ...] = field(default=DEFAULT_HIDDEN_UNITS)
@@ -73,6 +76,7 @@ class ModelConfig:
     learning_rate: float = DEFAULT_LEARNING_RATE
     batch_size: int = DEFAULT_BATCH_SIZE
     local_epochs: int = DEFAULT_LOCAL_EPOCHS
+    server_optimizer: ServerOptimizerConfig = DEFAULT_SERVER_CONFIG
 
     def __post_init__(self) -> None:
         units = self.hidden_units
@@ -100,6 +104,11 @@ class ModelConfig:
         object.__setattr__(self, "learning_rate", float(rate))
         object.__setattr__(self, "batch_size", _require_int("batch_size", self.batch_size, 1))
         object.__setattr__(self, "local_epochs", _require_int("local_epochs", self.local_epochs, 1))
+        server = self.server_optimizer
+        if isinstance(server, Mapping):
+            object.__setattr__(self, "server_optimizer", ServerOptimizerConfig.from_dict(server))
+        elif not isinstance(server, ServerOptimizerConfig):
+            raise ConfigError(f"model.server_optimizer must be a mapping, got {server!r}")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
@@ -113,9 +122,14 @@ class ModelConfig:
         return cls(**dict(data))
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready form; ``from_dict(to_dict())`` gives an equal config."""
+        """Plain JSON-ready form; ``from_dict(to_dict())`` gives an equal config.
+
+        ``server_optimizer`` is left out when it is the default (plain FedAvg), so that a
+        configuration from before server optimizers keeps its form and its digest."""
         data = asdict(self)
         data["hidden_units"] = list(self.hidden_units)
+        if self.server_optimizer == DEFAULT_SERVER_CONFIG:
+            del data["server_optimizer"]
         return data
 
     def digest(self) -> str:

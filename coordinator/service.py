@@ -36,6 +36,7 @@ from common.errors import BlobTooLargeError, HeflError, ProtocolError, StoreErro
 from common.logs import log_event
 from common.observe import Family
 from common.protocol import layout
+from common.protocol.history import aggregate_chain
 from common.protocol.messages import (
     FOLLOW_RUN,
     FinalReport,
@@ -151,7 +152,12 @@ class Coordinator:
             self._report_progress(self.state.history[-1])
             self._persist()
             self._write_summary()
-            self._log("run_finished", rounds=self.plan.rounds)
+            self._log(
+                "run_finished",
+                rounds=len(self.state.history),
+                final_round=self.state.final_round,
+                stopped=self.state.stop_reason,
+            )
 
     # -- messages --------------------------------------------------------------------------------
 
@@ -407,6 +413,7 @@ class Coordinator:
         self._announce()
 
     def _announce(self) -> None:
+        history = self.state.history
         if self.state.phase == "round":
             ref = self.state.global_ref
             message: Message = RoundStarted(
@@ -416,6 +423,7 @@ class Coordinator:
                 global_sha256=ref[1] if ref else None,
                 deadline=self.state.deadline,
                 config_digest=self.plan.config_digest,
+                history_sha256=aggregate_chain(r.aggregate_sha256 for r in history),
             )
             if self.state.participants:  # also re-announced, for a restarted coordinator
                 self._transport.publish(ANNOUNCE, self._codec.encode(message))
@@ -427,15 +435,17 @@ class Coordinator:
                     deadline=self.state.mask_deadline,
                 )
         elif self.state.phase == "final":
-            final = self.state.global_ref
+            final = self.state.final_record
             if final is None:
                 return
             message = RunFinished(
                 run=self.plan.run,
-                rounds=self.plan.rounds,
-                final_ref=final[0],
-                final_sha256=final[1],
+                rounds=len(history),
+                final_ref=final.aggregate_ref,
+                final_sha256=final.aggregate_sha256,
                 config_digest=self.plan.config_digest,
+                final_round=final.round,
+                history_sha256=aggregate_chain(r.aggregate_sha256 for r in history[: final.round]),
             )
         elif self.state.phase == "failed":
             message = RunAborted(run=self.plan.run, reason=self.state.error or "run failed")

@@ -12,6 +12,11 @@ again, so later rounds do not wait for a replica that is gone.
 Metrics arrive one round late by design: a hospital evaluates the global model it receives at
 the start of round r (the model produced by round r-1) before training on it. A round's record
 therefore gets its hold-out metrics when the next round closes, or from the final reports.
+
+Early stopping (``RunPlan.patience``): when ``patience`` rounds' models in a row did not lower
+the best mean hold-out loss by more than ``min_delta``, the run ends before ``plan.rounds`` and
+its final model is the best round's (``RunState.final_round``), which every hospital rebuilds.
+The candidates are the models of rounds 1, 2, ...: the initial model is never the final one.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from common.fedavg import MIN_CONTRIBUTORS, finite_metrics, mean_metrics
 from common.validation import dotted_path, explain, missing_field
 
 Phase = Literal["round", "final", "done", "failed"]
+#: Why a run stopped: it ran ``plan.rounds`` rounds, or its loss stopped improving.
+StopReason = Literal["max-rounds", "early-stopping"]
 #: A hospital's Hellos re-announce the round at most once per this many seconds.
 DEFAULT_HELLO_INTERVAL: Final = 10.0
 Decision = Literal["wait", "fix", "refix", "close", "fail"]
@@ -66,6 +73,10 @@ class RunPlan:
     # fixed the round's participants (ParticipantsFixed); a dropout after that re-fixes the set.
     masking: bool = False
     mask_timeout: float = DEFAULT_MASK_TIMEOUT
+    # Early stopping: end the run after this many rounds without a lower mean hold-out loss
+    # (by more than min_delta); 0: run all ``rounds``.
+    patience: int = 0
+    min_delta: float = 0.0
 
     @property
     def expected(self) -> int:
@@ -94,6 +105,14 @@ class RunPlan:
         if not 1 <= self.expected <= len(self.hospitals):
             raise ConfigError(
                 f"expected_hospitals must be within 1..{len(self.hospitals)}, got {self.expected}"
+            )
+        if isinstance(self.patience, bool) or not isinstance(self.patience, int):
+            raise ConfigError(f"patience must be a whole number of rounds, got {self.patience!r}")
+        if self.patience < 0:
+            raise ConfigError(f"patience must be >= 0 rounds (0: off), got {self.patience}")
+        if not (math.isfinite(self.min_delta) and self.min_delta >= 0):
+            raise ConfigError(
+                f"min_delta must be a finite loss difference >= 0, got {self.min_delta}"
             )
         for name in ("round_timeout", "final_timeout", "mask_timeout"):
             timeout = getattr(self, name)
@@ -154,6 +173,9 @@ class RunState:
     participants: tuple[str, ...] = ()
     attempt: int = 0  # 0: no set fixed yet this round
     mask_deadline: float = 0.0
+    # Set when the run enters its final phase: the round whose model is final, and why.
+    final_round: int = 0
+    stop_reason: StopReason | None = None
 
     @property
     def global_ref(self) -> tuple[str, str] | None:
@@ -162,6 +184,13 @@ class RunState:
             return None
         last = self.history[-1]
         return last.aggregate_ref, last.aggregate_sha256
+
+    @property
+    def final_record(self) -> RoundRecord | None:
+        """The closed round whose global model is the run's final model (None: not decided)."""
+        if not 1 <= self.final_round <= len(self.history):
+            return None
+        return self.history[self.final_round - 1]
 
     @property
     def accepted_hospitals(self) -> tuple[str, ...]:
@@ -340,10 +369,38 @@ def refix_participants(plan: RunPlan, state: RunState, now: float) -> RunState:
     )
 
 
+def best_round(history: tuple[RoundRecord, ...], min_delta: float = 0.0) -> int | None:
+    """The round whose global model has the lowest mean hold-out loss, counting a later round
+    as better only when it is lower by more than ``min_delta`` (None: no loss reported yet)."""
+    best: tuple[int, float] | None = None
+    for record in history:
+        loss = (record.model_metrics or {}).get("loss")
+        if loss is None or not math.isfinite(loss):
+            continue
+        if best is None or loss < best[1] - min_delta:
+            best = (record.round, loss)
+    return None if best is None else best[0]
+
+
+def _stop(plan: RunPlan, history: tuple[RoundRecord, ...]) -> tuple[int, StopReason] | None:
+    """Whether the run ends with the round just closed: its final round and why, else None."""
+    last = history[-1].round
+    if last >= plan.rounds:
+        return last, "max-rounds"
+    if plan.patience <= 0:
+        return None
+    best = best_round(history, plan.min_delta)
+    evaluated = [r.round for r in history if (r.model_metrics or {}).get("loss") is not None]
+    if best is not None and evaluated and evaluated[-1] - best >= plan.patience:
+        return best, "early-stopping"
+    return None
+
+
 def close_round(
     plan: RunPlan, state: RunState, *, aggregate_ref: str, aggregate_sha256: str, now: float
 ) -> RunState:
-    """Record the round, attach the metrics its submissions carried to the previous round."""
+    """Record the round, attach the metrics its submissions carried to the previous round, and
+    end the run when it reached ``plan.rounds`` or (with ``plan.patience``) stopped improving."""
     losses = [a.metrics.get("train_loss", math.nan) for a in state.accepted]
     losses = [loss for loss in losses if math.isfinite(loss)]  # as mean_metrics: NaN is absent
     record = RoundRecord(
@@ -366,10 +423,13 @@ def close_round(
         )
     history.append(record)
     present = {*state.accepted_hospitals, *state.failed, *state.joined}  # the rest missed it
-    last = state.round >= plan.rounds
+    stop = _stop(plan, tuple(history))
+    last = stop is not None
     timeout = plan.final_timeout if last else plan.round_timeout
     return replace(
         state,
+        final_round=stop[0] if stop else 0,
+        stop_reason=stop[1] if stop else None,
         phase="final" if last else "round",
         round=state.round if last else state.round + 1,
         started_at=now,
@@ -409,8 +469,11 @@ def final_decision(plan: RunPlan, state: RunState, now: float) -> bool:
 
 
 def finish_run(state: RunState) -> RunState:
+    """The run is done; the final reports are the metrics of the last round's model. (After
+    early stopping the final model is an earlier round's, whose record has its metrics already
+    from the round after it: the last round's model is then never evaluated.)"""
     history = list(state.history)
-    if history:
+    if history and state.final_round in (0, len(history)):
         history[-1] = replace(
             history[-1],
             model_metrics=mean_metrics([m for _, m in state.final_reports]),
@@ -428,7 +491,9 @@ def from_json(data: bytes) -> RunState:
     """Read persisted state back, checking the type of every field (the store is untrusted)."""
     try:
         state = _STATE.validate_json(data)
-        missing = missing_field(state, json.loads(data), dotted_path)  # to_json writes them all
+        body = json.loads(data)
+        state, body = _upgraded(state, body)
+        missing = missing_field(state, body, dotted_path)  # to_json writes them all
     except pydantic.ValidationError as exc:
         raise ProtocolError(f"persisted coordinator state: {explain(exc, dotted_path)}") from exc
     except (ValueError, RecursionError) as exc:  # where Python's parser is stricter than pydantic's
@@ -436,3 +501,17 @@ def from_json(data: bytes) -> RunState:
     if missing:
         raise ProtocolError(f"persisted coordinator state: {missing}")
     return state
+
+
+#: Fields added to the persisted state after its format was fixed (a file without them is older).
+_ADDED_FOR_EARLY_STOPPING: Final = ("final_round", "stop_reason")
+
+
+def _upgraded(state: RunState, body: object) -> tuple[RunState, object]:
+    """State saved before early stopping existed, as if saved now: a run that had ended its
+    rounds then ran them all, and its final model is the last round's."""
+    if not isinstance(body, dict) or any(name in body for name in _ADDED_FOR_EARLY_STOPPING):
+        return state, body
+    if state.phase in ("final", "done") and state.history:
+        state = replace(state, final_round=len(state.history), stop_reason="max-rounds")
+    return state, {**body, **{name: None for name in _ADDED_FOR_EARLY_STOPPING}}

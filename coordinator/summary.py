@@ -11,7 +11,21 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from coordinator.state import RunPlan, RunState
+from coordinator.state import RunPlan, RunState, best_round
+
+
+def stopping(plan: RunPlan, state: RunState) -> dict[str, Any]:
+    """How the run ended (so far): rounds run, the final and the best round, and why it
+    stopped (``max-rounds`` or ``early-stopping``; None while it runs or after a failure)."""
+    return {
+        "rounds_run": len(state.history),
+        "max_rounds": plan.rounds,
+        "patience": plan.patience,
+        "min_delta": plan.min_delta,
+        "best_round": best_round(state.history, plan.min_delta),
+        "final_round": state.final_round or None,
+        "stopped": state.stop_reason,
+    }
 
 
 def operator_summary(plan: RunPlan, state: RunState) -> dict[str, Any]:
@@ -20,6 +34,7 @@ def operator_summary(plan: RunPlan, state: RunState) -> dict[str, Any]:
         "run": plan.run,
         "phase": state.phase,
         "error": state.error,
+        **stopping(plan, state),
         "rounds": [
             {
                 "round": r.round,
@@ -44,6 +59,7 @@ def public_summary(plan: RunPlan, state: RunState) -> dict[str, Any]:
     return {
         "run": plan.run,
         "phase": state.phase,
+        **stopping(plan, state),
         "rounds": [
             {
                 "round": r.round,

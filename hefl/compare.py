@@ -1,7 +1,9 @@
 """The main job: encrypted FedAvg next to plaintext FedAvg, local-only and centralized training.
 
 All four are evaluated on the same pooled hold-out (the union of the hospitals' patient-grouped
-test splits), so the table compares like with like. Output goes through ``hefl.reporting``.
+test splits), so the table compares like with like. Output goes through ``hefl.reporting``;
+the hold-out's labels and each method's scores go to ``scores.npz`` (``hefl.holdout``) for the
+report's curves.
 """
 
 from __future__ import annotations
@@ -25,10 +27,15 @@ from common.model import initial_weights
 from common.store import LocalStore, Store, open_store
 from coordinator.state import RoundRecord, RunState
 from hefl.baselines import pooled_baselines
+from hefl.holdout import write_scores
 from hefl.reporting import (
+    CENTRALIZED,
+    MEAN_ALONE,
     Emit,
     Row,
+    alone,
     data_header,
+    data_summary,
     prepare_output,
     progress_line,
     results,
@@ -74,7 +81,8 @@ def run_comparison(
     baselines: bool = True,
     trainer_for: TrainerFactory = keras_trainer,
 ) -> dict[str, Any]:
-    """Run the whole comparison and write ``summary.json`` and the models under ``config.out``."""
+    """Run the whole comparison; write ``summary.json``, ``scores.npz`` and the models under
+    ``config.out``."""
     out = prepare_output(config.out)
     cohort = load_cohort(config)
     for line in data_header(config, cohort):
@@ -86,10 +94,14 @@ def run_comparison(
     store: Store = open_store(config.store) if config.store else LocalStore(out / "store")
     rows: list[Row] = []
     runs: dict[str, Any] = {}
+    holdout_scores: dict[str, np.ndarray] = {}
 
     def score(label: str, weights: np.ndarray, seconds: float, uploaded: int | None) -> Row:
         scores = evaluator.predict(weights, x_test)
-        return Row.scored(label, y_test, scores, seconds, uploaded)
+        holdout_scores[label] = scores
+        return Row.scored(
+            label, y_test, scores, seconds, uploaded, top_fraction=config.top_fraction
+        )
 
     def federated(label: str, run: str, cipher_for: Any, aggregator: Any) -> np.ndarray:
         emit(f"{label}:")
@@ -103,6 +115,11 @@ def run_comparison(
             on_progress=progress_printer(config.rounds, config.hospitals, emit),
             trainer_for=trainer_for,
         )
+        if result.summary["stopped"] == "early-stopping":
+            emit(
+                f"  stopped early after {result.summary['rounds_run']} rounds: the final model "
+                f"is round {result.summary['final_round']}'s (lowest mean hold-out loss)"
+            )
         rows.append(score(label, result.weights, result.seconds, result.bytes_uploaded))
         runs[run] = result.summary
         return result.weights
@@ -122,11 +139,11 @@ def run_comparison(
         for name, d in zip(cohort.names, cohort.data, strict=True):
             started = time.perf_counter()
             weights = train_alone(config, evaluator, d.x_train, d.y_train, name)
-            local_rows.append(score(f"{name} alone", weights, time.perf_counter() - started, None))
+            local_rows.append(score(alone(name), weights, time.perf_counter() - started, None))
         rows.extend(local_rows)
         rows.append(
             Row(
-                method="mean of hospitals alone",
+                method=MEAN_ALONE,
                 auc=float(np.mean([r.auc for r in local_rows])),
                 accuracy=float(np.mean([r.accuracy for r in local_rows])),
                 loss=float(np.mean([r.loss for r in local_rows])),
@@ -137,12 +154,18 @@ def run_comparison(
         started = time.perf_counter()
         x_train, y_train = cohort.pooled_train
         weights = train_alone(config, evaluator, x_train, y_train, "centralized")
-        rows.append(
-            score("centralized (pooled data)", weights, time.perf_counter() - started, None)
-        )
+        rows.append(score(CENTRALIZED, weights, time.perf_counter() - started, None))
         for baseline in pooled_baselines(x_train, y_train, x_test, seed=config.seed):
+            holdout_scores[baseline.method] = baseline.scores
             rows.append(
-                Row.scored(baseline.method, y_test, baseline.scores, baseline.seconds, None)
+                Row.scored(
+                    baseline.method,
+                    y_test,
+                    baseline.scores,
+                    baseline.seconds,
+                    None,
+                    top_fraction=config.top_fraction,
+                )
             )
     for line in results(rows, y_test):
         emit(line)
@@ -165,7 +188,15 @@ def run_comparison(
         "upload": upload,
         "results": [asdict(r) for r in rows],
         "runs": runs,
+        "data": data_summary(cohort),
     }
     path = write_summary(out, summary)
-    emit(f"\nwrote {path} and each hospital's final model under {out}/*/models/")
+    scores_path = write_scores(
+        out,
+        y_test,
+        holdout_scores,
+        hospitals=cohort.names,
+        test_rows=[len(d.y_test) for d in cohort.data],
+    )
+    emit(f"\nwrote {path}, {scores_path} and each hospital's final model under {out}/*/models/")
     return summary

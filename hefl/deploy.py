@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+from common.bundle import BUNDLE_DIR, BundleSettings
+from common.clinical import DEFAULT_TOP_FRACTION
 from common.crypto import (
     HEConfig,
     load_coordinator_bundle,
@@ -26,7 +28,7 @@ from common.crypto import (
     open_cipher,
 )
 from common.crypto.masking import DEFAULT_MASK_TIMEOUT
-from common.data import FeatureEncoder, load_local_data, load_schema
+from common.data import FeatureEncoder, load_local_data, load_schema, schema_text
 from common.data.partition import DEFAULT_TEST_FRACTION
 from common.errors import ConfigError, HeflError
 from common.fedavg import DEFAULT_SANITY, Sanity, payload_size
@@ -162,8 +164,12 @@ def run_coordinator(
     keep_updates: bool = False,
     mask_timeout: float | None = None,
     http_linger: float = 0.0,
+    patience: int = 0,
+    min_delta: float = 0.0,
 ) -> int:
-    """Run (or resume) one federated run to its end; 0 when done, 1 when it failed."""
+    """Run (or resume) one federated run to its end; 0 when done, 1 when it failed.
+    ``patience`` > 0 ends it early when that many rounds' models in a row did not lower the
+    mean hold-out loss by more than ``min_delta`` (``settings.rounds`` is then the most)."""
     layout = KeyLayout(endpoints.keys)
     bundle = load_coordinator_bundle(layout.he_coordinator)
     codec = layout.codec(COORDINATOR)
@@ -183,6 +189,8 @@ def run_coordinator(
         value_count=settings.value_count(),
         masking=settings.masking,
         mask_timeout=mask_timeout or min(DEFAULT_MASK_TIMEOUT, round_timeout),
+        patience=patience,
+        min_delta=min_delta,
     )
     stop = threading.Event()
     _stop_on_signals(stop)
@@ -219,8 +227,15 @@ def run_coordinator(
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     log_event(logger, "coordinator_exit", run=plan.run, phase=state.phase, peak_rss_mb=peak_mb)
     if state.phase == "done":
+        early = (
+            f" (early stopping: final model of round {state.final_round})"
+            if state.stop_reason == "early-stopping"
+            else ""
+        )
         print(
-            f"run {plan.run} finished: {plan.rounds} rounds; peak RSS {peak_mb:.1f} MB", flush=True
+            f"run {plan.run} finished: {len(state.history)} rounds{early}; "
+            f"peak RSS {peak_mb:.1f} MB",
+            flush=True,
         )
         return 0
     if state.phase == "failed":
@@ -238,12 +253,21 @@ def run_hospital(
     out: Path | None,
     trainer_for: TrainerFactory | None = None,
     sanity: Sanity = DEFAULT_SANITY,
+    top_fraction: float = DEFAULT_TOP_FRACTION,
 ) -> int:
-    """Take part in the run until the final model is saved; 0 on success. ``trainer_for``
-    None: the Keras trainer, reporting its local epochs to the progress bars."""
+    """Take part in the run until the final model is saved as a model bundle under
+    ``out/<name>/bundle``; 0 on success. ``trainer_for`` None: the Keras trainer, reporting its
+    local epochs to the progress bars. ``top_fraction``: the share of the hold-out flagged as
+    highest risk, which sets the bundle's decision threshold."""
     layout = KeyLayout(endpoints.keys)
     bundle = load_hospital_bundle(layout.he_hospital)
     codec = layout.codec(name)
+    model_bundle = BundleSettings(
+        schema_text=schema_text(settings.schema),
+        model=settings.model,
+        he=bundle.manifest.config.to_dict(),
+        top_fraction=top_fraction,
+    )
     data = load_local_data(
         csv,
         load_schema(settings.schema),
@@ -276,6 +300,8 @@ def run_hospital(
                 sanity=sanity,
                 masks=codec.pairwise_masks() if settings.masking else None,
                 observers=(meter, bars.observer),
+                bundle=model_bundle,
+                server_optimizer=settings.model.server_optimizer,
             )
             hospital.start(hello=True)
             log_event(
@@ -299,7 +325,9 @@ def run_hospital(
     if hospital.error is not None:
         raise hospital.error
     if hospital.final_weights is not None and hospital.final_metrics is not None:
+        where = "" if out is None else f" to {out / name / BUNDLE_DIR}"
         print(
-            f"{name}: final model saved, hold-out auc {hospital.final_metrics.auc:.4f}", flush=True
+            f"{name}: final model saved{where}, hold-out auc {hospital.final_metrics.auc:.4f}",
+            flush=True,
         )
     return 0

@@ -27,6 +27,14 @@ if TYPE_CHECKING:
 Emit = Callable[[str], None]
 OUTPUT_MARKER: Final = ".hefl-output"
 SUMMARY_FILE: Final = "summary.json"
+#: Result rows the report looks up by name.
+CENTRALIZED: Final = "centralized (pooled data)"
+MEAN_ALONE: Final = "mean of hospitals alone"
+
+
+def alone(hospital: str) -> str:
+    """The result row of the model ``hospital`` trained on its own rows only."""
+    return f"{hospital} alone"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -109,6 +117,24 @@ def data_header(config: SimulationConfig, cohort: Cohort) -> list[str]:
     return lines
 
 
+def data_summary(cohort: Cohort) -> dict[str, Any]:
+    """Each hospital's rows and positive rates, and the pooled hold-out's (``summary.json``'s
+    ``data``; the report's data table)."""
+    _, y_test = cohort.pooled_test
+    return {
+        "per_hospital": {
+            name: {
+                "train_rows": len(d.y_train),
+                "test_rows": len(d.y_test),
+                "train_positive_rate": float(np.mean(d.y_train)) if len(d.y_train) else None,
+                "test_positive_rate": float(np.mean(d.y_test)) if len(d.y_test) else None,
+            }
+            for name, d in zip(cohort.names, cohort.data, strict=True)
+        },
+        "pooled_test": {"rows": len(y_test), "positive_rate": float(np.mean(y_test))},
+    }
+
+
 def progress_line(
     *,
     round_: int,
@@ -133,14 +159,19 @@ def _cell(row: Row, key: str, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def top_label(fraction: float) -> str:
+    """``top10%`` for 0.1, ``top12.5%`` for 0.125: the flagged share, as the table names it."""
+    return f"top{round(fraction * 100, 2):g}%"
+
+
 def render_table(rows: list[Row]) -> str:
     """The headline table: discrimination, calibration and what flagging the riskiest rows
     catches; accuracy is in ``summary.json`` only (with 11 % positives it says nothing)."""
     top = next((r.clinical["top_fraction"] for r in rows if r.clinical), DEFAULT_TOP_FRACTION)
-    flagged = f"top {top:.0%}"
+    flagged = top_label(top)
     header = (
         f"{'method':<34} {'AUC (95% CI)':>22} {'AP':>6} {'Brier':>6} {'slope':>6} "
-        f"{'sens ' + flagged:>13} {'PPV ' + flagged:>12} {'seconds':>8} {'uploaded':>10}"
+        f"{'sens@' + flagged:>13} {'PPV@' + flagged:>12} {'seconds':>8} {'uploaded':>10}"
     )
     lines = [header, "-" * len(header)]
     for r in rows:

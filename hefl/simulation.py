@@ -18,8 +18,18 @@ from typing import Any
 
 import numpy as np
 
+from common.bundle import BundleSettings
+from common.clinical import DEFAULT_TOP_FRACTION, checked_top_fraction
 from common.crypto import PLAIN, Aggregator, Cipher, HEConfig
-from common.data import FeatureEncoder, Schema, encode_local, load_schema, partition, read_csv
+from common.data import (
+    FeatureEncoder,
+    Schema,
+    encode_local,
+    load_schema,
+    partition,
+    read_csv,
+    schema_text,
+)
 from common.data.local import LocalData
 from common.data.partition import DEFAULT_TEST_FRACTION, Method
 from common.errors import ConfigError, HeflError
@@ -57,6 +67,13 @@ class SimulationConfig:
     out: Path = Path("out/demo")
     store: str | None = None  # a store URL (common.store.open_store); None: <out>/store
     masking: bool = True  # pairwise masks inside encrypted updates (the plain scheme has none)
+    top_fraction: float = DEFAULT_TOP_FRACTION  # the riskiest share flagged, in every evaluation
+    # Early stopping (coordinator.state.RunPlan): ``rounds`` is then the most rounds run.
+    patience: int = 0
+    min_delta: float = 0.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "top_fraction", checked_top_fraction(self.top_fraction))
 
     def describe(self) -> dict[str, Any]:
         """The settings a run summary records (``summary.json``'s ``config``)."""
@@ -72,6 +89,9 @@ class SimulationConfig:
             "test_fraction": self.test_fraction,
             "model": self.model.to_dict(),
             "masking": self.masking,
+            "top_fraction": self.top_fraction,
+            "patience": self.patience,
+            "min_delta": self.min_delta,
         }
 
 
@@ -187,6 +207,8 @@ def run_federated(
         config_digest=digest,
         value_count=payload_size(parameter_count(config.model, cohort.n_features)),
         masking=masking,
+        patience=config.patience,
+        min_delta=config.min_delta,
     )
     identities, trust = generate_identities(list(cohort.names))
     coordinator = Coordinator(
@@ -200,6 +222,12 @@ def run_federated(
     )
     start_weights = initial_weights(config.model, cohort.n_features, config.seed)
     codecs = {name: MessageCodec(identities[name], trust) for name in cohort.names}
+    bundle = BundleSettings(
+        schema_text=schema_text(config.schema),
+        model=config.model,
+        he={"scheme": PLAIN} if aggregator.scheme == PLAIN else config.he.to_dict(),
+        top_fraction=config.top_fraction,
+    )
     hospitals = [
         Hospital(
             name,
@@ -215,6 +243,8 @@ def run_federated(
             config_digest=digest,
             out_dir=config.out / run / "models",
             masks=codecs[name].pairwise_masks() if masking else None,
+            bundle=bundle,
+            server_optimizer=config.model.server_optimizer,
         )
         for name, data in zip(cohort.names, cohort.data, strict=True)
     ]

@@ -30,9 +30,15 @@ import numpy as np
 
 from common.crypto import Cipher
 from common.errors import ConfigError, TrainingError
-from common.fedavg import average_from_sum, finite_metrics, mean_metrics, training_seed
+from common.fedavg import finite_metrics, mean_metrics, training_seed, weighted_average
 from common.metrics import Metrics
 from common.model import initial_weights, parameter_count, weight_shapes
+from common.server_optimizer import (
+    FEDYOGI,
+    YOGI_INITIAL_PRECONDITIONER,
+    ServerOptimizerConfig,
+    global_models,
+)
 from common.store import Store
 from hefl.reporting import (
     Emit,
@@ -82,6 +88,11 @@ def _supported(config: SimulationConfig) -> SimulationConfig:
         raise ConfigError(
             f"the TFF engine reproduces client SGD only, not --optimizer {config.model.optimizer}"
         )
+    if config.patience:
+        raise ConfigError(
+            "the TFF engine runs every round: --patience (early stopping) applies to the hefl "
+            "engine only"
+        )
     return config
 
 
@@ -114,6 +125,12 @@ def export_inputs(config: SimulationConfig, cohort: Cohort, folder: Path) -> Non
         "hospitals": list(cohort.names),
         "n_features": cohort.n_features,
         "weight_shapes": [list(s) for s in weight_shapes(model, cohort.n_features)],
+        "server_optimizer": {
+            **model.server_optimizer.to_dict(),
+            "initial_preconditioner": (
+                YOGI_INITIAL_PRECONDITIONER if model.server_optimizer.name == FEDYOGI else None
+            ),
+        },
     }
     (folder / "config.json").write_text(json.dumps(settings, indent=1))
 
@@ -196,16 +213,23 @@ def read_outputs(output_dir: Path, rounds: int, n_params: int) -> tuple[np.ndarr
 
 
 def round_weights_from_store(
-    store: Store, aggregate_refs: Sequence[str], cipher: Cipher, n_params: int
+    store: Store,
+    aggregate_refs: Sequence[str],
+    cipher: Cipher,
+    initial: np.ndarray,
+    server_optimizer: ServerOptimizerConfig,
 ) -> np.ndarray:
     """The global model after each round of one of our runs, decrypted from its aggregates.
 
     Each aggregate holds ``[sum of w*theta..., sum of w]``; dividing as every hospital does
-    (``average_from_sum``) gives the model the next round starts from.
+    gives the round's average, and the run's server optimizer, stepped from the ``initial``
+    model, the model the next round starts from (float32, as the hospitals train from it).
     """
-    return np.stack(
-        [average_from_sum(cipher.decrypt(store.get(ref)), n_params) for ref in aggregate_refs]
-    )
+    n_params = initial.shape[0]
+    totals = (cipher.decrypt(store.get(ref)) for ref in aggregate_refs)
+    averages = (weighted_average(total, n_params) for total in totals)
+    models = global_models(initial, averages, server_optimizer)
+    return np.stack(models).astype(np.float32)
 
 
 def pooled_losses(
@@ -290,7 +314,7 @@ def run_tff_engine(
         )
     x_test, y_test = cohort.pooled_test
     scores = evaluator.predict(weights[-1], x_test)
-    rows = [Row.scored(TFF_METHOD, y_test, scores, seconds, None)]
+    rows = [Row.scored(TFF_METHOD, y_test, scores, seconds, None, top_fraction=config.top_fraction)]
     for line in results(rows, y_test):
         emit(line)
     summary = {

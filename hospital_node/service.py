@@ -1,9 +1,11 @@
 """A hospital node: answers round announcements with an encrypted weighted model.
 
-The node is stateless apart from its data and keys: every round it rebuilds the global model
-from the announced aggregate (sum of weighted models and sum of weights, both encrypted), so a
-restarted node simply answers the next announcement. Any failure while evaluating, training or
-encrypting is reported to the coordinator as ``UpdateFailed``, not as silence.
+The node keeps nothing on disk but its data and keys: each round it decrypts the announced
+aggregate (sum of weighted models and sum of weights) into the round's average and applies the
+run's server optimizer to it (``hospital_node.global_model``), keeping the global model and the
+optimizer's state in memory; a restarted node rebuilds both by replaying the stored aggregates
+and answers the next announcement. Any failure while evaluating, training or encrypting is
+reported to the coordinator as ``UpdateFailed``, not as silence.
 
 In a masked run (``masks`` given) the node trains, keeps its update in memory and says
 ``UpdateReady``; it encrypts and uploads only for a ``ParticipantsFixed`` that names it, adding
@@ -21,19 +23,16 @@ from pathlib import Path
 
 import numpy as np
 
-from common.crypto import AGGREGATE, Binding, Cipher
-from common.crypto.blob import COORDINATOR_SENDER
+from common.bundle import BUNDLE_DIR, BundleSettings, write_bundle
+from common.clinical import DEFAULT_TOP_FRACTION, ClinicalMetrics, clinical_metrics
+from common.crypto import Binding, Cipher
 from common.crypto.masking import Cohort, Masker, PairwiseMasks
 from common.data.local import LocalData
 from common.errors import HeflError, ProtocolError, TrainingError
 from common.fedavg import (
     DEFAULT_SANITY,
     IMPRECISE_AVERAGE,
-    MIN_CONTRIBUTORS,
     Sanity,
-    averaging_error,
-    payload_size,
-    sane_global,
     training_seed,
     weighted_payload,
 )
@@ -53,8 +52,10 @@ from common.protocol.messages import (
     UpdateSubmitted,
 )
 from common.protocol.signing import MessageCodec
-from common.store import Store, get_verified, sha256_hex
+from common.server_optimizer import DEFAULT_SERVER_CONFIG, ServerOptimizerConfig
+from common.store import Store, sha256_hex
 from common.transport import ANNOUNCE, SUBMIT, Transport
+from hospital_node.global_model import GlobalModels
 from hospital_node.observer import HospitalObserver, Phase
 from hospital_node.trainer import Trainer
 
@@ -92,7 +93,12 @@ class Hospital:
         sanity: Sanity = DEFAULT_SANITY,
         masks: PairwiseMasks | None = None,
         observers: Sequence[HospitalObserver] = (),
+        bundle: BundleSettings | None = None,
+        server_optimizer: ServerOptimizerConfig = DEFAULT_SERVER_CONFIG,
     ) -> None:
+        """``bundle``: keep the final model in ``out_dir`` as a model bundle (for ``hefl
+        predict``); without it, as a bare ``final_model.keras``. Either way the final report
+        carries the clinical metrics of the final model on this hospital's hold-out."""
         self.hospital = hospital
         # None: follow the run the coordinator announces (the first signed RoundStarted of this
         # run's configuration whose deadline is ahead); a replayed one of an old run has expired.
@@ -104,9 +110,15 @@ class Hospital:
         self._store = store
         self._codec = codec
         self.rejected: dict[str, int] = {}
-        self._initial = np.asarray(initial_weights, dtype=np.float32)
-        self._last = self._initial  # the last global model accepted: updates are judged from it
-        self._sanity = sanity
+        # The global model and the server optimizer's state, one round on per aggregate.
+        self._globals = GlobalModels(
+            store=store,
+            cipher=cipher,
+            initial_weights=initial_weights,
+            server_optimizer=server_optimizer,
+            sanity=sanity,
+            on_precision=self._precision,
+        )
         self._seed = seed
         self._config_digest = config_digest
         self._out_dir = out_dir
@@ -120,6 +132,8 @@ class Hospital:
         self.final_weights: np.ndarray | None = None
         self.error: HeflError | None = None  # set when the final model could not be kept
         self.final_metrics: Metrics | None = None
+        self.final_clinical: ClinicalMetrics | None = None
+        self._bundle = bundle
 
     def start(self, *, hello: bool = True) -> None:
         """Subscribe to announcements; ``hello`` asks the coordinator to re-announce its round
@@ -158,28 +172,14 @@ class Hospital:
             self.run = msg.run
             self._log("run_followed", round=msg.round)
 
-    def _global_weights(self, ref: str | None, sha256: str | None, round_: int) -> np.ndarray:
-        """The model the coordinator's aggregate of ``round_`` holds (round 0: initial weights).
+    def _global_weights(
+        self, round_: int, ref: str | None, sha256: str | None, chain: str | None
+    ) -> np.ndarray:
+        """The global model after round ``round_`` (0: the initial model), whose aggregate
+        ``ref`` has digest ``sha256``; ``chain``: the signed chain of rounds 1..``round_``."""
+        return self._globals.after(self.run, round_, ref, sha256, chain).trainable
 
-        The aggregate's header must say it is the coordinator's sum of round ``round_`` of this
-        run, over at least ``MIN_CONTRIBUTORS`` updates, before it is decrypted."""
-        if ref is None or sha256 is None:
-            return self._initial
-        values = payload_size(self._initial.shape[0])
-        spec = self._cipher.spec
-        blob = get_verified(self._store, ref, sha256, max_bytes=spec.max_blob_bytes(values))
-        header = spec.header(blob)
-        expected = Binding(run=self.run, round=round_, sender=COORDINATOR_SENDER)
-        if header.kind != AGGREGATE or header.binding != expected:
-            raise ProtocolError(
-                f"{ref} is a {header.kind} of {header.binding}, not the aggregate of {expected}"
-            )
-        if header.summands < MIN_CONTRIBUTORS:
-            raise ProtocolError(
-                f"{ref} sums {header.summands} updates; an aggregate needs {MIN_CONTRIBUTORS}"
-            )
-        total = self._cipher.decrypt(blob)
-        error = averaging_error(total, self._cipher.error_bound(header.summands))
+    def _precision(self, round_: int, error: float) -> None:
         if error > IMPRECISE_AVERAGE:
             self._log(
                 "imprecise_average",
@@ -189,9 +189,6 @@ class Hospital:
                 hint="the federation's rows are few for this encryption's precision: a key "
                 "ceremony with a larger --ckks-prime-bits lowers it (docs/encoding.md)",
             )
-        weights = sane_global(total, header.summands, self._last, self._sanity)
-        self._last = weights
-        return weights
 
     def _on_round(self, msg: RoundStarted) -> None:
         if msg.round in self._answered:
@@ -269,7 +266,9 @@ class Hospital:
                 f"run configuration differs from this hospital's (digest {msg.config_digest[:12]} "
                 f"!= {self._config_digest[:12]}): check model, HE and schema settings"
             )
-        weights = self._global_weights(msg.global_ref, msg.global_sha256, msg.round - 1)
+        weights = self._global_weights(
+            msg.round - 1, msg.global_ref, msg.global_sha256, msg.history_sha256
+        )
         d = self._data
         held_out = self._trainer.evaluate(weights, d.x_test, d.y_test)
         for observer in self._observers:
@@ -331,23 +330,53 @@ class Hospital:
     def _on_finished(self, msg: RunFinished) -> None:
         if self.final_weights is not None:
             return
+        top = DEFAULT_TOP_FRACTION if self._bundle is None else self._bundle.top_fraction
         try:
-            weights = self._global_weights(msg.final_ref, msg.final_sha256, msg.rounds)
-            metrics = self._trainer.evaluate(weights, self._data.x_test, self._data.y_test)
-            if self._out_dir is not None:
-                path = self._out_dir / self.hospital / "final_model.keras"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                self._trainer.save_model(weights, path, metrics)
+            weights = self._global_weights(
+                msg.model_round, msg.final_ref, msg.final_sha256, msg.history_sha256
+            )
+            d = self._data
+            metrics = self._trainer.evaluate(weights, d.x_test, d.y_test)
+            scores = self._trainer.predict(weights, d.x_test)
+            clinical = clinical_metrics(d.y_test, scores, top_fraction=top)
+            folder = None if self._out_dir is None else self._out_dir / self.hospital
+            if folder is not None and self._bundle is None:
+                folder.mkdir(parents=True, exist_ok=True)
+                self._trainer.save_model(weights, folder / "final_model.keras", metrics)
+            elif folder is not None and self._bundle is not None:
+                manifest = self._bundle.manifest(
+                    hospital=self.hospital,
+                    run=self.run,
+                    rounds=msg.rounds,
+                    seed=self._seed,
+                    config_digest=self._config_digest,
+                    parameters=int(weights.size),
+                    holdout=metrics,
+                    clinical=clinical,
+                )
+                write_bundle(
+                    folder / BUNDLE_DIR,
+                    manifest,
+                    self._bundle.schema_text,
+                    lambda path: self._trainer.save_model(weights, path, None),
+                )
         except (HeflError, OSError) as exc:
             # Not raised: a transport handler would only log it. The process decides (exit 8).
             self._log("final_failed", level=logging.ERROR, error=exc)
             self.error = TrainingError(f"{self.hospital}: cannot keep the final model: {exc}")
             return
         self.final_weights, self.final_metrics = weights, metrics
+        self.final_clinical = clinical
+        # No row counts: the coordinator never learns dataset sizes.
         report = FinalReport(
             run=self.run,
             hospital=self.hospital,
-            metrics={"auc": metrics.auc, "accuracy": metrics.accuracy, "loss": metrics.loss},
+            metrics={
+                "auc": metrics.auc,
+                "accuracy": metrics.accuracy,
+                "loss": metrics.loss,
+                **clinical.reported(),
+            },
         )
         self._transport.publish(SUBMIT, self._codec.encode(report))
         self._log("final_model_saved", auc=metrics.auc)

@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import time
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -202,6 +203,22 @@ class LocalTrainer:
                 staged = scores.with_name(f".{scores.name}.{os.getpid()}.tmp")
                 staged.write_text(json.dumps(metrics.to_dict(), indent=2, sort_keys=True) + "\n")
                 os.replace(staged, scores)
+
+    def saved_weights(self, path: Path) -> np.ndarray:
+        """The flat weights of a model :meth:`save_model` wrote to ``path``.
+
+        Raises :class:`TrainingError` when the file is no Keras model of this trainer's
+        architecture and number of features.
+        """
+        with _translating(f"read the model {path}"):
+            try:
+                self._model.load_weights(Path(path))
+            except (zipfile.BadZipFile, KeyError) as exc:  # not a .keras archive, or not ours
+                raise TrainingError(f"{path} is no Keras model file: {exc}") from exc
+            weights = flatten(self._model.get_weights())
+        if not np.all(np.isfinite(weights)):
+            raise TrainingError(f"the model {path} holds NaN or infinite weights")
+        return weights
 
     def _features(self, x: np.ndarray) -> np.ndarray:
         with _translating("read the features"):

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from common.bundle import BUNDLE_DIR, MODEL_FILE
 from common.data.sources import DEFAULT_DATASET
 from common.protocol import layout
 from common.protocol.runconfig import hospital_names
@@ -224,7 +225,7 @@ class ProcessCluster:
         """The final model a hospital saved, flattened like the embedded simulation's."""
         import keras
 
-        model = keras.models.load_model(self.root / "models" / name / "final_model.keras")
+        model = keras.models.load_model(self.root / "models" / name / BUNDLE_DIR / MODEL_FILE)
         return np.concatenate([w.reshape(-1) for w in model.get_weights()])
 
     def log(self, label: str) -> str:

@@ -54,6 +54,7 @@ SOLE_IMPORTERS: Final[Mapping[str, tuple[str, ...]]] = {
     "googleapiclient": ("common.store.gdrive_api",),
     "prometheus_client": ("common.observe.prometheus",),
     "tqdm": ("common.progress",),
+    "matplotlib": ("hefl.report.figures",),  # an optional extra: the images do not carry it
 }
 
 

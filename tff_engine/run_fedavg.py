@@ -9,7 +9,8 @@ uses only the standard library, numpy, tensorflow and tensorflow_federated.
 INPUT_DIR (written by ``hefl.tff.export_inputs`` in the main environment):
 
 - ``config.json``: hidden_units, activation, learning_rate, batch_size, local_epochs, rounds,
-  hospitals (names), n_features, weight_shapes;
+  hospitals (names), n_features, weight_shapes, and server_optimizer (name, learning_rate,
+  momentum, beta_1, beta_2, epsilon, initial_preconditioner: ``common.server_optimizer``);
 - ``data.npz``: per hospital ``i``: ``x_i`` and ``y_i`` (float32 training rows) and ``order_i``
   (int32, rounds x local_epochs x rows: the exact row order our LocalTrainer uses in each
   epoch of each round), and ``initial_weights`` (flat float32, Keras weight order).
@@ -17,8 +18,9 @@ INPUT_DIR (written by ``hefl.tff.export_inputs`` in the main environment):
 OUTPUT_DIR receives ``weights.npz`` (``rounds``: the global model after each round, one flat
 float32 row per round) and ``metrics.json`` (TFF's own per-round training metrics and
 timings). The algorithm is ``tff.learning.algorithms.build_weighted_fed_avg`` with the same
-Keras architecture, client SGD at the configured learning rate, server SGD at 1.0 (plain
-FedAvg) and clients weighted by their number of training examples.
+Keras architecture, client SGD at the configured learning rate, the configured server optimizer
+(fedavg: server SGD, at 1.0 plain FedAvg; fedavgm: SGD with momentum; fedadam: Adam; fedyogi:
+Yogi) and clients weighted by their number of training examples.
 
 TFF starts a ``worker_binary`` child process that outlives Python; this script ends its own
 children before it exits, and the caller also ends the script's process group.
@@ -51,6 +53,27 @@ def build_keras_model(config: dict) -> tf.keras.Model:
     )
     layers.append(tf.keras.layers.Dense(1, activation=OUTPUT_ACTIVATION, name="output"))
     return tf.keras.Sequential(layers, name="readmission_mlp")
+
+
+def server_optimizer(settings: dict | None) -> tff.learning.optimizers.Optimizer:
+    """TFF's optimizer for our server optimizer settings (none: plain FedAvg, server SGD at 1)."""
+    if settings is None:
+        return tff.learning.optimizers.build_sgdm(learning_rate=1.0)
+    name, rate = settings["name"], settings["learning_rate"]
+    if name == "fedavg":
+        return tff.learning.optimizers.build_sgdm(learning_rate=rate)
+    if name == "fedavgm":
+        return tff.learning.optimizers.build_sgdm(learning_rate=rate, momentum=settings["momentum"])
+    adaptive = {k: settings[k] for k in ("beta_1", "beta_2", "epsilon")}
+    if name == "fedadam":
+        return tff.learning.optimizers.build_adam(learning_rate=rate, **adaptive)
+    if name == "fedyogi":
+        return tff.learning.optimizers.build_yogi(
+            learning_rate=rate,
+            initial_preconditioner_value=settings["initial_preconditioner"],
+            **adaptive,
+        )
+    raise ValueError(f"unknown server optimizer {name!r}")
 
 
 def split_weights(flat: np.ndarray, shapes: list[list[int]]) -> list[np.ndarray]:
@@ -124,7 +147,7 @@ def run(input_dir: Path, output_dir: Path) -> None:
         client_optimizer_fn=tff.learning.optimizers.build_sgdm(
             learning_rate=config["learning_rate"]
         ),
-        server_optimizer_fn=tff.learning.optimizers.build_sgdm(learning_rate=1.0),
+        server_optimizer_fn=server_optimizer(config.get("server_optimizer")),
         client_weighting=tff.learning.ClientWeighting.NUM_EXAMPLES,
     )
     state = process.initialize()

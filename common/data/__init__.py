@@ -20,7 +20,7 @@ from common.data.partition import (
 )
 from common.data.reader import parse_frame, read_csv, read_raw
 from common.data.schema import ColumnSpec, Schema, TargetRule
-from common.data.schema_yaml import bundled_schema_names, load_schema, parse_schema
+from common.data.schema_yaml import bundled_schema_names, load_schema, parse_schema, schema_text
 
 __all__ = [
     "ICD9_GROUPS",
@@ -42,6 +42,7 @@ __all__ = [
     "patient_ids",
     "read_csv",
     "read_raw",
+    "schema_text",
     "split_by_patient",
     "write_partitions",
 ]

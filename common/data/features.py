@@ -135,13 +135,21 @@ class FeatureEncoder:
         absent = [name for name in needed if name not in df.columns]
         if absent:
             raise DataError(f"frame lacks column(s) {absent}", column=absent[0])
+        return self.features(df), _labels(df[self._schema.target.column])
+
+    def features(self, df: pd.DataFrame) -> np.ndarray:
+        """The features ``(n, n_features)`` alone, float32 in row order: rows to score, read
+        with ``read_csv(..., labelled=False)``. Raises DataError as :meth:`transform` does."""
+        absent = [spec.name for spec, _ in self._blocks if spec.name not in df.columns]
+        if absent:
+            raise DataError(f"frame lacks column(s) {absent}", column=absent[0])
         features = np.zeros((len(df), self.n_features), dtype=np.float32)
         start = 0
         for spec, names in self._blocks:
             block = _encode_column(df[spec.name], spec, len(names))
             features[:, start : start + len(names)] = block
             start += len(names)
-        return features, _labels(df[self._schema.target.column])
+        return features
 
 
 def patient_ids(df: pd.DataFrame, schema: Schema) -> np.ndarray:

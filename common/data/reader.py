@@ -64,24 +64,33 @@ def read_raw(path: str | os.PathLike[str]) -> pd.DataFrame:
     return frame
 
 
-def read_csv(path: str | os.PathLike[str], schema: Schema) -> pd.DataFrame:
+def read_csv(
+    path: str | os.PathLike[str], schema: Schema, *, labelled: bool = True
+) -> pd.DataFrame:
     """Read and validate a hospital CSV against ``schema``.
 
     Returns a frame indexed by CSV line number with: the patient id as text, the target as int8
     0/1, numbers as float64, booleans as pandas ``boolean``, dates as datetime64, categories and
     ICD-9 codes as text (missing values as NaN), ignored and unknown columns untouched. Raises
     DataError naming file, row and column for the first problem found in each column.
+
+    ``labelled=False`` reads rows to score, whose outcome is not known yet: the target column
+    may be absent, and when present it is left out of the frame unread.
     """
     file = os.fspath(path)
-    return parse_frame(read_raw(file), schema, file=file)
+    return parse_frame(read_raw(file), schema, file=file, labelled=labelled)
 
 
-def parse_frame(raw: pd.DataFrame, schema: Schema, *, file: str | None = None) -> pd.DataFrame:
+def parse_frame(
+    raw: pd.DataFrame, schema: Schema, *, file: str | None = None, labelled: bool = True
+) -> pd.DataFrame:
     """Validate and type a frame from :func:`read_raw` (see :func:`read_csv`); pure, no I/O.
 
     ``file`` only names the source in errors and logs.
     """
-    missing = [name for name in schema.required_columns if name not in raw.columns]
+    target = schema.target.column
+    required = [name for name in schema.required_columns if labelled or name != target]
+    missing = [name for name in required if name not in raw.columns]
     if missing:
         raise DataError(
             f"header lacks required column(s) {missing}", file=file, row=1, column=missing[0]
@@ -92,8 +101,9 @@ def parse_frame(raw: pd.DataFrame, schema: Schema, *, file: str | None = None) -
         column = raw[name]
         if name == schema.patient_id:
             out[name] = _patient_ids(column, schema, file)
-        elif name == schema.target.column:
-            out[name] = _labels(column, schema, file)
+        elif name == target:
+            if labelled:
+                out[name] = _labels(column, schema, file)
         elif name in listed:
             spec = schema.column(name)
             out[name] = _parse(column, spec, schema.markers_for(spec), file)
@@ -104,14 +114,8 @@ def parse_frame(raw: pd.DataFrame, schema: Schema, *, file: str | None = None) -
     if unknown:
         log_event(_LOG, "data_unknown_columns", file=file, columns=",".join(unknown))
     frame = pd.DataFrame(out, index=raw.index)
-    log_event(
-        _LOG,
-        "data_read",
-        file=file,
-        schema=schema.name,
-        rows=len(frame),
-        positives=int(frame[schema.target.column].sum()),
-    )
+    counts = {"positives": int(frame[target].sum())} if labelled else {}
+    log_event(_LOG, "data_read", file=file, schema=schema.name, rows=len(frame), **counts)
     return frame
 
 

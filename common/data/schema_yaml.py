@@ -209,23 +209,33 @@ def load_schema(name_or_path: str | os.PathLike[str]) -> Schema:
     Raises SchemaError naming the file and the offending field when the file is unreadable,
     is not valid YAML, or describes an inconsistent schema.
     """
+    file, text = _read(name_or_path)
+    return parse_schema(text, file=file)
+
+
+def schema_text(name_or_path: str | os.PathLike[str]) -> str:
+    """The YAML text :func:`load_schema` reads for ``name_or_path`` (a model bundle keeps it, so
+    that it stays readable without the file or this release's bundled schemas)."""
+    return _read(name_or_path)[1]
+
+
+def _read(name_or_path: str | os.PathLike[str]) -> tuple[str, str]:
+    """The file a schema name or path means, and its text."""
     text_name = os.fspath(name_or_path)
     if text_name in bundled_schema_names():
         resource = resources.files("common.data") / "schemas" / f"{text_name}.yaml"
-        file, text = str(resource), resource.read_text(encoding="utf-8")
-    else:
-        path = Path(text_name)
-        file = str(path)
-        if not path.is_file():
-            raise SchemaError(
-                f"no such schema file, and not a bundled schema {list(bundled_schema_names())}",
-                file=file,
-            )
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise SchemaError(f"cannot read schema file: {exc}", file=file) from exc
-    return parse_schema(text, file=file)
+        return str(resource), resource.read_text(encoding="utf-8")
+    path = Path(text_name)
+    file = str(path)
+    if not path.is_file():
+        raise SchemaError(
+            f"no such schema file, and not a bundled schema {list(bundled_schema_names())}",
+            file=file,
+        )
+    try:
+        return file, path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SchemaError(f"cannot read schema file: {exc}", file=file) from exc
 
 
 def parse_schema(text: str, *, file: str = "<string>") -> Schema:

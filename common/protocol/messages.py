@@ -64,7 +64,12 @@ class Hello:
 @with_config(_WIRE)
 @dataclass(frozen=True, kw_only=True)
 class RoundStarted:
-    """The coordinator opens a round; ``global_ref`` is None in round 1 (initial weights)."""
+    """The coordinator opens a round; ``global_ref`` is None in round 1 (initial weights).
+
+    ``history_sha256`` chains the aggregates of rounds 1..round-1 (``common.protocol.history``;
+    ``""`` in round 1), so a hospital that replays them to rebuild its server optimizer's
+    state knows each is the one the coordinator wrote. None (a coordinator from before server
+    optimizers) lets a hospital build only the next round's model, not replay."""
 
     run: Name
     round: Count
@@ -72,6 +77,7 @@ class RoundStarted:
     global_sha256: Ref
     deadline: Seconds
     config_digest: Name
+    history_sha256: Ref = None
 
 
 @with_config(_WIRE)
@@ -126,13 +132,32 @@ class UpdateFailed:
 @with_config(_WIRE)
 @dataclass(frozen=True, kw_only=True)
 class RunFinished:
-    """The last round is aggregated; hospitals decrypt and keep the final model."""
+    """The run is over after ``rounds`` rounds; hospitals decrypt and keep the final model.
+
+    The final model is the global model after round ``final_round``, whose aggregate is
+    ``final_ref``: the last round, or with early stopping the round whose model had the lowest
+    mean hold-out loss. ``history_sha256`` chains the aggregates of rounds 1..final_round
+    (``common.protocol.history``) for the hospitals that replay them. Both are None from a
+    coordinator before early stopping: the final model is then the last round's."""
 
     run: Name
     rounds: Count
     final_ref: Name
     final_sha256: Name
     config_digest: Name
+    final_round: Count | None = None
+    history_sha256: Ref = None
+
+    def __post_init__(self) -> None:
+        if self.final_round is not None and not 1 <= self.final_round <= self.rounds:
+            raise ValueError(
+                f"final_round must be within 1..rounds ({self.rounds}), got {self.final_round}"
+            )
+
+    @property
+    def model_round(self) -> int:
+        """The round whose global model is the run's final model."""
+        return self.rounds if self.final_round is None else self.final_round
 
 
 @with_config(_WIRE)
@@ -177,6 +202,12 @@ MESSAGE_TYPES: Final[tuple[type[Message], ...]] = (
     FinalReport,
 )
 _CLASSES: Final = {cls.__name__: cls for cls in MESSAGE_TYPES}
+# Fields added within protocol version 1. Every sender now writes them; one from before leaves
+# them out, which means their default (the behaviour before them), not a cut message.
+_ADDED_FIELDS: Final[dict[type[Message], tuple[str, ...]]] = {
+    RoundStarted: ("history_sha256",),
+    RunFinished: ("final_round", "history_sha256"),
+}
 _ADAPTERS: Final[dict[type[Message], TypeAdapter[Message]]] = {
     cls: TypeAdapter(cls) for cls in MESSAGE_TYPES
 }
@@ -207,7 +238,8 @@ def decode(data: bytes) -> Message:
         raise ProtocolError(
             f"{type_name}: {explain(exc, quoted_path, allowed=lambda _: allowed)}"
         ) from exc
-    missing = missing_field(message, body, quoted_path)
+    added = dict.fromkeys(_ADDED_FIELDS.get(cls, ()))
+    missing = missing_field(message, {**added, **body}, quoted_path)
     if missing:
         raise ProtocolError(f"{type_name}: {missing}")
     return message

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from hefl.cli import keys, local, options, processes
+from hefl.cli import keys, local, options, processes, report
 
 Opts = TypeVar("Opts")
 
@@ -36,6 +36,15 @@ COMMANDS: tuple[Command[Any], ...] = (
         options=options.SimulateOptions,
         run=local.simulate,
         defaults={"out": Path("out/demo")},
+    ),
+    Command(
+        name="report",
+        help="one self-contained HTML page of a simulate run folder: the results table, AUC "
+        "and loss per round, ROC, precision-recall and calibration plots, per-hospital AUC "
+        "and data",
+        options=options.ReportOptions,
+        run=report.report,
+        required=("run_dir",),
     ),
     Command(
         name="partition",
@@ -72,6 +81,14 @@ COMMANDS: tuple[Command[Any], ...] = (
         options=options.ReplicaOptions,
         run=processes.hospital_replica,
         defaults={"store": "store", "out": Path("out")},
+    ),
+    Command(
+        name="predict",
+        help="score a CSV with a hospital's model bundle: each row's risk and whether it is "
+        "flagged, as CSV to --out or standard output",
+        options=options.PredictOptions,
+        run=local.predict,
+        required=("model", "csv"),
     ),
     Command(
         name="broker-users",

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from common.clinical import DEFAULT_TOP_FRACTION
 from common.crypto.config import CKKS_PRIME_BITS, DEFAULT_CKKS_PRIME_BITS, DEFAULT_MAX_HOSPITALS
 from common.crypto.masking import DEFAULT_MASK_TIMEOUT
 from common.data.partition import DEFAULT_ALPHA, DEFAULT_TEST_FRACTION
@@ -21,12 +22,23 @@ from common.data.sources import DEFAULT_DATASET
 from common.fedavg import DEFAULT_SANITY
 from common.model import ModelConfig
 from common.observe.http import DEFAULT_HOST as DEFAULT_HTTP_HOST
+from common.server_optimizer import (
+    DEFAULT_SERVER_BETA_1,
+    DEFAULT_SERVER_BETA_2,
+    DEFAULT_SERVER_EPSILON,
+    DEFAULT_SERVER_LEARNING_RATES,
+    DEFAULT_SERVER_MOMENTUM,
+    DEFAULT_SERVER_OPTIMIZER,
+    SERVER_OPTIMIZERS,
+)
 from common.store.url import STORE_ENV
 from common.transport.settings import BROKER_URL_ENV, DEFAULT_BROKER_URL, DEFAULT_PREFIX
 from hefl.cli.types import (
+    decay,
     fraction,
     names,
     non_negative_float,
+    non_negative_int,
     port,
     positive_float,
     positive_int,
@@ -55,11 +67,12 @@ class Flag:
     default: Any = None
     choices: tuple[Any, ...] | None = None
     switch: bool = False  # a boolean flag without a value (its variable: 1/true/yes)
+    positional: bool = False  # an argument without a dash: NAME, not --name
     env: str | None = None  # HEFL_<NAME> unless named here
 
     @property
     def option(self) -> str:
-        return "--" + self.name.replace("_", "-")
+        return self.name.upper() if self.positional else "--" + self.name.replace("_", "-")
 
     @property
     def variable(self) -> str:
@@ -85,7 +98,12 @@ FLAGS: Final[Mapping[str, Flag]] = {
             type=Path,
             default=DEFAULT_DATASET,
         ),
-        Flag(name="csv", help="this hospital's own CSV (.csv or .csv.gz)", type=Path),
+        Flag(
+            name="csv",
+            help="this hospital's own CSV (.csv or .csv.gz): its training rows (hospital), the "
+            "rows to score (predict)",
+            type=Path,
+        ),
         Flag(
             name="schema",
             help="bundled schema (diabetes130, johns_hospital) or a schema YAML file",
@@ -132,7 +150,27 @@ FLAGS: Final[Mapping[str, Flag]] = {
             "hospital follows the run its coordinator announces)",
             type=run_id,
         ),
-        Flag(name="rounds", help="federated rounds", type=positive_int, default=DEFAULT_ROUNDS),
+        Flag(
+            name="rounds",
+            help="federated rounds (with --patience: the most rounds run)",
+            type=positive_int,
+            default=DEFAULT_ROUNDS,
+        ),
+        Flag(
+            name="patience",
+            help="early stopping: end the run once this many rounds' models in a row did not "
+            "lower the hospitals' mean hold-out loss by more than --min-delta; the final model "
+            "is then the best round's (0: off, run every round)",
+            type=non_negative_int,
+            default=0,
+        ),
+        Flag(
+            name="min_delta",
+            help="early stopping: the least drop of the mean hold-out loss that counts as an "
+            "improvement (--patience)",
+            type=non_negative_float,
+            default=0.0,
+        ),
         Flag(
             name="min_hospitals",
             help="quorum to close a round at its deadline (default: every hospital)",
@@ -277,7 +315,9 @@ FLAGS: Final[Mapping[str, Flag]] = {
         ),
         Flag(
             name="broker",
-            help="RabbitMQ URL, amqp:// or amqps://",
+            help="RabbitMQ URL, amqp:// or amqps://; for a broker cluster, one URL per node, "
+            "comma-separated (same user and vhost): the process moves to another node when it "
+            "loses its own",
             default=DEFAULT_BROKER_URL,
             env=BROKER_URL_ENV,
         ),
@@ -341,7 +381,32 @@ FLAGS: Final[Mapping[str, Flag]] = {
             "without --csv reads its own from there",
             type=Path,
         ),
-        Flag(name="out", help="output folder of the command", type=Path),
+        Flag(
+            name="out",
+            help="where the command writes: its output folder; predict: the scores CSV "
+            "(default: standard output); report: the HTML file (default: RUN_DIR/report.html)",
+            type=Path,
+        ),
+        Flag(
+            name="run_dir",
+            help="a run folder written by simulate (its --out) to report on",
+            type=Path,
+            positional=True,
+        ),
+        # -- results ----------------------------------------------------------------------------
+        Flag(
+            name="top_fraction",
+            help="share of patients flagged as highest risk, for sensitivity and PPV and for a "
+            "model bundle's decision threshold (0.1: the top 10%)",
+            type=fraction,
+            default=DEFAULT_TOP_FRACTION,
+        ),
+        Flag(
+            name="model",
+            help="a model bundle folder, <out>/<hospital>/bundle as a hospital writes it, to "
+            "score with (predict)",
+            type=Path,
+        ),
         # -- simulate only ----------------------------------------------------------------------
         Flag(
             name="engine",
@@ -386,8 +451,59 @@ FLAGS: Final[Mapping[str, Flag]] = {
             type=positive_int,
             default=_MODEL.local_epochs,
         ),
+        Flag(
+            name="server_optimizer",
+            help="what every hospital applies to each round's decrypted average to get the next "
+            "global model (docs/configuration.md#server-optimizers): fedavg takes a step of "
+            "--server-lr towards it (1: the average itself), fedavgm adds server momentum, "
+            "fedadam and fedyogi scale the step per weight",
+            choices=SERVER_OPTIMIZERS,
+            default=DEFAULT_SERVER_OPTIMIZER,
+        ),
+        Flag(
+            name="server_lr",
+            help="server learning rate (default: "
+            + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_SERVER_LEARNING_RATES.items())
+            + ")",
+            type=positive_float,
+        ),
+        Flag(
+            name="server_momentum",
+            help=f"server momentum of fedavgm, 0 to below 1 (default: {DEFAULT_SERVER_MOMENTUM:g})",
+            type=decay,
+        ),
+        Flag(
+            name="server_beta1",
+            help="decay of fedadam's and fedyogi's first moment, 0 to below 1 "
+            f"(default: {DEFAULT_SERVER_BETA_1:g})",
+            type=decay,
+        ),
+        Flag(
+            name="server_beta2",
+            help="decay of fedadam's and fedyogi's second moment, 0 to below 1 "
+            f"(default: {DEFAULT_SERVER_BETA_2:g})",
+            type=decay,
+        ),
+        Flag(
+            name="server_epsilon",
+            help="fedadam's and fedyogi's epsilon, added to the root of the second moment "
+            f"(default: {DEFAULT_SERVER_EPSILON:g})",
+            type=positive_float,
+        ),
     )
 }
 
 #: The flags that shape the model; the digest every participant checks covers them.
-MODEL_FLAGS: Final = ("hidden", "optimizer", "learning_rate", "batch_size", "local_epochs")
+MODEL_FLAGS: Final = (
+    "hidden",
+    "optimizer",
+    "learning_rate",
+    "batch_size",
+    "local_epochs",
+    "server_optimizer",
+    "server_lr",
+    "server_momentum",
+    "server_beta1",
+    "server_beta2",
+    "server_epsilon",
+)

@@ -1,4 +1,5 @@
-"""Handlers of the commands that run on one machine: ``simulate``, ``partition``, ``keygen``."""
+"""Handlers of the commands that run on one machine: ``simulate``, ``partition``, ``keygen``,
+``predict`` and the helpers ``broker-users`` and ``drive-share``."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from hefl.cli.options import (
     DriveShareOptions,
     KeygenOptions,
     PartitionOptions,
+    PredictOptions,
     SimulateOptions,
 )
 
@@ -62,6 +64,9 @@ def simulate(options: SimulateOptions) -> int:
         out=options.out,
         store=options.store,
         masking=not options.no_masking,
+        top_fraction=options.top_fraction,
+        patience=options.patience,
+        min_delta=options.min_delta,
     )
     if options.engine == "tff":
         from hefl.tff import run_tff_engine
@@ -73,6 +78,10 @@ def simulate(options: SimulateOptions) -> int:
         from hefl.compare import run_comparison
 
         run_comparison(config, emit=_printer(), baselines=not options.no_baselines)
+    if options.engine == "hefl":
+        from hefl.cli.report import report_after_run
+
+        report_after_run(config.out, _printer())
     return 0
 
 
@@ -169,6 +178,17 @@ def keygen(options: KeygenOptions) -> int:
     print(f"hospitals' HE bundle (secret key; hospitals only): {layout.he_hospital}")
     print(f"coordinator's HE bundle (public material only): {layout.he_coordinator}")
     print(f"signing identities and trust.json: {layout.identities}")
+    return 0
+
+
+def predict(options: PredictOptions) -> int:
+    """Score a CSV with a model bundle: the scores to ``--out`` or standard output, one summary
+    line to standard error."""
+    from hefl.predict import score_csv, terminal_progress, write_scores
+
+    scores = score_csv(options.model, options.csv, progress=terminal_progress(sys.stderr))
+    write_scores(scores, options.out, sys.stdout)
+    print(scores.summary(options.csv, options.out), file=sys.stderr, flush=True)
     return 0
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from common.errors import ConfigError
 from common.model import ModelConfig
+from common.server_optimizer import ServerOptimizerConfig
 
 # -- option groups -------------------------------------------------------------------------------
 
@@ -25,14 +26,30 @@ class ModelOptions:
     learning_rate: float
     batch_size: int
     local_epochs: int
+    server_optimizer: str
+    server_lr: float | None
+    server_momentum: float | None
+    server_beta1: float | None
+    server_beta2: float | None
+    server_epsilon: float | None
 
     def model(self) -> ModelConfig:
+        """The model configuration; a ConfigError names a server flag that does not apply to
+        --server-optimizer (e.g. --server-momentum with fedadam)."""
         return ModelConfig(
             hidden_units=self.hidden,
             optimizer=self.optimizer,
             learning_rate=self.learning_rate,
             batch_size=self.batch_size,
             local_epochs=self.local_epochs,
+            server_optimizer=ServerOptimizerConfig(
+                name=self.server_optimizer,
+                learning_rate=self.server_lr,
+                momentum=self.server_momentum,
+                beta_1=self.server_beta1,
+                beta_2=self.server_beta2,
+                epsilon=self.server_epsilon,
+            ),
         )
 
 
@@ -79,6 +96,8 @@ class RunOptions(ModelOptions):
 class SimulateOptions(SplitOptions, ModelOptions):
     test_fraction: float
     rounds: int
+    patience: int
+    min_delta: float
     scheme: str
     max_hospitals: int
     ckks_prime_bits: int
@@ -88,6 +107,7 @@ class SimulateOptions(SplitOptions, ModelOptions):
     no_masking: bool
     store: str | None
     out: Path
+    top_fraction: float
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -121,6 +141,8 @@ class DriveShareOptions:
 
 @dataclass(frozen=True, kw_only=True)
 class CoordinatorOptions(RunOptions):
+    patience: int
+    min_delta: float
     participants: tuple[str, ...] | None
     min_hospitals: int | None
     expect_hospitals: int | None
@@ -140,6 +162,7 @@ class HospitalOptions(RunOptions):
     out: Path
     max_rows: int
     max_update_ratio: float
+    top_fraction: float
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -156,3 +179,17 @@ class ReplicaOptions(RunOptions):
     out: Path
     max_rows: int
     max_update_ratio: float
+    top_fraction: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class PredictOptions:
+    model: Path
+    csv: Path
+    out: Path | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReportOptions:
+    run_dir: Path
+    out: Path | None

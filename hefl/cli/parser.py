@@ -68,6 +68,16 @@ def add_flag(
             flag.option, dest=name, action="store_true", default=bool(value), help=help_text
         )
         return
+    if flag.positional:  # optional on the command line only when its variable gives it
+        parser.add_argument(
+            name,
+            type=flag.type,
+            nargs="?" if from_env or not required else None,
+            default=value,
+            help=help_text,
+            metavar=flag.option,
+        )
+        return
     parser.add_argument(
         flag.option,
         dest=name,

@@ -73,6 +73,8 @@ def coordinator(options: CoordinatorOptions) -> int:
         state_dir=options.state_dir,
         keep_updates=options.keep_updates,
         http_linger=options.http_linger,
+        patience=options.patience,
+        min_delta=options.min_delta,
     )
 
 
@@ -88,6 +90,7 @@ def hospital(options: HospitalOptions) -> int:
         csv=options.csv,
         out=options.out,
         sanity=Sanity(max_rows=options.max_rows, max_update_ratio=options.max_update_ratio),
+        top_fraction=options.top_fraction,
     )
 
 

@@ -53,6 +53,7 @@ from typing import Any
 
 import pytest
 
+from common.bundle import BUNDLE_DIR, read_bundle
 from common.protocol import layout
 from common.protocol.layout import STATE_FILE
 from hefl.keylayout import KeyLayout, Share
@@ -802,7 +803,7 @@ def test_make_up_scale_kill_and_down_complete_the_run_on_quorum(
 
     models = cluster.volume_path("models")
     for name in ("hospital-1", "hospital-3", "hospital-4"):
-        assert (models / name / "final_model.keras").stat().st_size > 0
+        assert read_bundle(models / name / BUNDLE_DIR).manifest.hospital == name
     # The operator's summary stays in the coordinator's volume; the shared store has the
     # aggregates and the public summary, and no hospital's update is left in it.
     assert (cluster.volume_path("coordinator-state") / layout.summary_key(run)).exists()

@@ -213,16 +213,17 @@ def test_a_hospital_killed_mid_round_is_left_out_then_rejoins(
     assert cluster.state() == stuck, "the round did not wait for hospital-4"
     missed = stuck["round"]
     # Freeze the coordinator so the restarted hospital's hello arrives after that deadline
-    # but before the next round can close without it.
+    # but before the next round can close without it. The hospital restarts after the deadline:
+    # an answer it sent before it, while the coordinator was frozen, would still count.
     cluster.signal("coordinator", signal.SIGSTOP)
     try:
+        wait_until(lambda: time.time() > stuck["deadline"] + 0.5, timeout=30, what="deadline")
         cluster.start_hospital("hospital-4")  # its log is appended to
         wait_until(
             lambda: cluster.log("hospital-4").count("hospital_ready") == 2,
             timeout=120,
             what="hospital-4 restarted",
         )
-        wait_until(lambda: time.time() > stuck["deadline"] + 0.5, timeout=30, what="deadline")
     finally:
         cluster.signal("coordinator", signal.SIGCONT)
     state = assert_completed(cluster, reference=None)

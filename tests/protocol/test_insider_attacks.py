@@ -27,7 +27,7 @@ from common.crypto import (
     run_key_ceremony,
 )
 from common.errors import ProtocolError
-from common.fedavg import DEFAULT_SANITY, Sanity, payload_size, sane_global, weighted_payload
+from common.fedavg import DEFAULT_SANITY, Sanity, payload_size, sane_average, weighted_payload
 from common.model import parameter_count
 from common.protocol import layout
 from common.protocol.messages import Hello, RoundStarted, UpdateFailed, UpdateSubmitted
@@ -523,14 +523,14 @@ def test_a_poisoned_global_update_is_refused_and_the_run_aborts_with_the_reason(
         assert hospital.final_weights is None and fragment in str(hospital.error)
 
 
-def test_sane_global_bounds(ceremony: Path) -> None:
+def test_sane_average_bounds(ceremony: Path) -> None:
     previous = np.ones(4, dtype=np.float32)
     total = weighted_payload(np.full(4, 1.1), 30_000)  # 3 rows-weighted models of 1.1
-    np.testing.assert_allclose(sane_global(total, 3, previous, DEFAULT_SANITY), 1.1, rtol=1e-6)
+    np.testing.assert_allclose(sane_average(total, 3, previous, DEFAULT_SANITY), 1.1, rtol=1e-6)
     with pytest.raises(ProtocolError, match="moves the model by"):
-        sane_global(weighted_payload(np.full(4, 9.0), 30_000), 3, previous, DEFAULT_SANITY)
+        sane_average(weighted_payload(np.full(4, 9.0), 30_000), 3, previous, DEFAULT_SANITY)
     strict = Sanity(max_rows=1_000, max_update_ratio=0.5)
     with pytest.raises(ProtocolError, match="claim 30,000 training rows, more than 1,000"):
-        sane_global(total, 3, previous, strict)
+        sane_average(total, 3, previous, strict)
     with pytest.raises(ProtocolError, match="not finite"):
-        sane_global(weighted_payload(np.array([1.0, np.inf, 1.0, 1.0]), 3), 3, previous, strict)
+        sane_average(weighted_payload(np.array([1.0, np.inf, 1.0, 1.0]), 3), 3, previous, strict)

@@ -47,6 +47,7 @@ EXAMPLES: list[Message] = [
         global_sha256=SHA,
         deadline=12.0,
         config_digest="cfg",
+        history_sha256=SHA,
     ),
     UpdateSubmitted(
         run="run-1",
@@ -66,6 +67,17 @@ EXAMPLES: list[Message] = [
         final_ref="runs/run-1/round-0005/aggregate.blob",
         final_sha256=SHA,
         config_digest="cfg",
+        final_round=5,
+        history_sha256=SHA,
+    ),
+    RunFinished(  # stopped early: the final model is round 3's
+        run="run-1",
+        rounds=5,
+        final_ref="runs/run-1/round-0003/aggregate.blob",
+        final_sha256=SHA,
+        config_digest="cfg",
+        final_round=3,
+        history_sha256=SHA,
     ),
     FinalReport(run="run-1", hospital="h1", metrics={"auc": 0.5, "accuracy": 1.0, "loss": 2.0}),
     FinalReport(run="run-1", hospital="h1"),
@@ -447,3 +459,33 @@ def test_structurally_valid_bodies_with_random_field_values_raise_only_protocol_
         for name in rng.sample(sorted(body), rng.randint(1, 3)):
             body[name] = rng.choice(odd_values)
         _decode_fails_only_with_protocol_error(_bytes(body))
+
+
+# -- fields added within version 1 -------------------------------------------------------------
+
+STOPPED_EARLY = next(m for m in EXAMPLES if isinstance(m, RunFinished) and m.final_round == 3)
+LATER_ROUND = next(m for m in EXAMPLES if isinstance(m, RoundStarted) and m.round == 3)
+
+
+def test_announcements_from_before_server_optimizers_still_decode_with_the_old_meaning() -> None:
+    started = _body(LATER_ROUND)
+    del started["history_sha256"]
+    old = decode(_bytes(started))
+    assert isinstance(old, RoundStarted) and old.history_sha256 is None
+    finished = _body(STOPPED_EARLY)
+    del finished["final_round"], finished["history_sha256"]
+    last = decode(_bytes(finished))
+    assert isinstance(last, RunFinished) and last.final_round is None
+    assert last.model_round == last.rounds == 5  # the last round's model is final
+    assert STOPPED_EARLY.model_round == 3
+    cut = _body(STOPPED_EARLY)
+    del cut["config_digest"]  # an original field missing is still a cut message
+    _rejects(_bytes(cut), "missing field 'config_digest'")
+
+
+@pytest.mark.parametrize("final_round", [0, 6])
+def test_a_final_round_outside_the_rounds_run_is_refused(final_round: int) -> None:
+    body = _body(STOPPED_EARLY)
+    body["final_round"] = final_round
+    _rejects(_bytes(body), "final_round must be within 1..rounds (5)")
+    assert decode(_bytes({**body, "final_round": 3})) == STOPPED_EARLY

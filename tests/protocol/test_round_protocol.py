@@ -28,6 +28,7 @@ from common.model import ModelConfig, initial_weights, parameter_count
 from common.protocol import layout
 from common.protocol.messages import RoundStarted, UpdateSubmitted, encode
 from common.protocol.signing import MessageCodec, generate_identities
+from common.server_optimizer import DEFAULT_SERVER_CONFIG, ServerOptimizerConfig
 from common.store import InMemoryStore, sha256_hex
 from common.transport import SUBMIT, InMemoryTransport
 from coordinator.service import Coordinator
@@ -95,6 +96,7 @@ class Cluster:
         hello: bool = False,
         kind: type[Hospital] = Hospital,
         observers: tuple[HospitalObserver, ...] = (),
+        server_optimizer: ServerOptimizerConfig = DEFAULT_SERVER_CONFIG,
     ) -> None:
         hospital = kind(
             name,
@@ -112,6 +114,7 @@ class Cluster:
             clock=self.clock,
             masks=codec(name).pairwise_masks() if self.plan.masking else None,
             observers=observers,
+            server_optimizer=server_optimizer,
         )
         hospital.start(hello=hello)
         self.hospitals[name] = hospital

@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 
+from common.bundle import BUNDLE_DIR, read_bundle
 from common.crypto import HEConfig, ckks_parameters
 from common.data.sources import DEFAULT_DATASET
 from common.model import ModelConfig
@@ -76,7 +77,7 @@ def test_table_lists_every_method_and_a_progress_line_per_round(comparison: tupl
     assert len(progress) == 4  # two rounds, two federated runs
     assert all("hospitals 3/3" in line for line in progress)
     header = next(line for line in lines if line.startswith("method"))
-    for column in ("AUC (95% CI)", "AP", "Brier", "slope", "sens top 10%", "PPV top 10%"):
+    for column in ("AUC (95% CI)", "AP", "Brier", "slope", "sens@top10%", "PPV@top10%"):
         assert column in header, column
     assert "accuracy" not in header  # 11 % positives: accuracy says nothing
 
@@ -124,14 +125,15 @@ def test_the_output_says_whether_uploads_are_masked(comparison: tuple) -> None:
     assert "encrypted uploads carry pairwise masks (each one alone decrypts to noise)" in lines
 
 
-def test_each_hospital_keeps_a_loadable_final_model(comparison: tuple) -> None:
+def test_each_hospital_keeps_a_loadable_model_bundle(comparison: tuple) -> None:
     _, out, _ = comparison
     for hospital in ("hospital-1", "hospital-2", "hospital-3"):
-        path = out / "encrypted" / "models" / hospital / "final_model.keras"
-        model = keras.models.load_model(path)
+        bundle = read_bundle(out / "encrypted" / "models" / hospital / BUNDLE_DIR)
+        model = keras.models.load_model(bundle.model_file)
         assert model.count_params() > 0
-        metrics = json.loads(path.with_name("final_model.metrics.json").read_text())
-        assert 0.0 <= metrics["auc"] <= 1.0
+        assert (bundle.manifest.hospital, bundle.manifest.run) == (hospital, "encrypted")
+        assert 0.0 <= bundle.manifest.holdout["auc"] <= 1.0
+        assert bundle.manifest.he["scheme"] == "ckks"
     written = json.loads((out / "summary.json").read_text())
     assert written["parameters"] == written["n_features"] * 16 + 16 + 16 + 1
 

@@ -14,6 +14,7 @@ import keras
 import numpy as np
 import pytest
 
+from common.bundle import BUNDLE_DIR, MODEL_FILE
 from common.crypto import plain_aggregator, plain_cipher
 from common.data.sources import DEFAULT_DATASET
 from common.model import ModelConfig
@@ -73,7 +74,7 @@ def _untimed(summary: dict) -> list[dict]:
 
 def _final_weights(out: Path) -> list[np.ndarray]:
     model = keras.models.load_model(
-        out / "encrypted" / "models" / "hospital-1" / "final_model.keras"
+        out / "encrypted" / "models" / "hospital-1" / BUNDLE_DIR / MODEL_FILE
     )
     return [np.asarray(w) for w in model.get_weights()]
 

@@ -27,6 +27,7 @@ import pytest
 from common.crypto import open_cipher
 from common.data.sources import DEFAULT_DATASET
 from common.errors import ConfigError
+from common.model import initial_weights
 from common.store import LocalStore
 from hefl.cli import main
 from hefl.compare import run_comparison
@@ -74,7 +75,8 @@ def crosscheck(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         LocalStore(config.out / "store"),
         refs,
         open_cipher(config.out / "keys" / "hospital"),
-        evaluator.parameter_count,
+        initial_weights(config.model, cohort.n_features, config.seed),
+        config.model.server_optimizer,
     )
     tff_weights, _ = read_outputs(
         root / "tff" / "tff" / "output", config.rounds, evaluator.parameter_count

@@ -20,6 +20,7 @@ from common.model import (
     unflatten,
     weight_shapes,
 )
+from common.server_optimizer import ServerOptimizerConfig
 
 N_FEATURES = 200
 DEFAULT_PARAMETERS = 200 * 128 + 128 + 128 * 1 + 1  # 25,857
@@ -38,7 +39,8 @@ def test_default_config_reproduces_original_mlp_settings() -> None:
 def test_config_repr_is_readable() -> None:
     assert repr(ModelConfig()) == (
         "ModelConfig(hidden_units=(128,), activation='relu', optimizer='sgd', "
-        "learning_rate=0.01, batch_size=32, local_epochs=2)"
+        "learning_rate=0.01, batch_size=32, local_epochs=2, "
+        "server_optimizer=ServerOptimizerConfig(name='fedavg', learning_rate=1.0))"
     )
 
 
@@ -90,6 +92,26 @@ def test_config_dict_round_trip() -> None:
     assert ModelConfig.from_dict({}) == ModelConfig()
 
 
+def test_a_server_optimizer_round_trips_and_plain_fedavg_keeps_the_old_form() -> None:
+    assert "server_optimizer" not in ModelConfig().to_dict()  # as before server optimizers
+    config = ModelConfig(server_optimizer=ServerOptimizerConfig(name="fedyogi", beta_2=0.9))
+    data = config.to_dict()
+    assert data["server_optimizer"] == {
+        "name": "fedyogi",
+        "learning_rate": 0.01,
+        "momentum": None,
+        "beta_1": 0.9,
+        "beta_2": 0.9,
+        "epsilon": 1e-3,
+    }
+    assert ModelConfig.from_dict(data) == config
+    assert ModelConfig.from_dict({"server_optimizer": {"name": "fedyogi", "beta_2": 0.9}}) == config
+    with pytest.raises(ConfigError, match="unknown server_optimizer keys: beta1"):
+        ModelConfig.from_dict({"server_optimizer": {"name": "fedadam", "beta1": 0.8}})
+    with pytest.raises(ConfigError, match="server_optimizer must be a mapping"):
+        ModelConfig(server_optimizer="fedadam")  # type: ignore[arg-type]
+
+
 def test_config_from_dict_rejects_unknown_keys_and_non_mappings() -> None:
     with pytest.raises(ConfigError, match="hidden_unit"):
         ModelConfig.from_dict({"hidden_unit": [64]})
@@ -109,6 +131,11 @@ def test_config_digest_is_stable_and_tracks_every_field() -> None:
         ModelConfig(learning_rate=0.02),
         ModelConfig(batch_size=64),
         ModelConfig(local_epochs=1),
+        ModelConfig(server_optimizer=ServerOptimizerConfig(name="fedavgm")),
+        ModelConfig(server_optimizer=ServerOptimizerConfig(name="fedavgm", momentum=0.5)),
+        ModelConfig(server_optimizer=ServerOptimizerConfig(name="fedadam")),
+        ModelConfig(server_optimizer=ServerOptimizerConfig(name="fedadam", epsilon=1e-4)),
+        ModelConfig(server_optimizer=ServerOptimizerConfig(learning_rate=0.5)),
     ]
     digests = {config.digest() for config in changed}
     assert len(digests) == len(changed)
