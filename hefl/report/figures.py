@@ -74,13 +74,13 @@ def roc_plot(curves: Sequence[Curve], aucs: Mapping[str, float]) -> bytes:
         label = f"{curve.method} (AUC {aucs.get(curve.method, math.nan):.3f})"
         axes.plot(curve.x, curve.y, label=label, **_style(curve.method, index))
     axes.plot([0, 1], [0, 1], color="grey", linewidth=1, linestyle="--", label="chance")
-    axes.set_title("ROC curves on the pooled hold-out")
-    axes.set_xlabel("false positive rate (1 - specificity)")
-    axes.set_ylabel("true positive rate (sensitivity)")
-    axes.set_xlim(0, 1)
-    axes.set_ylim(0, 1)
-    axes.grid(alpha=0.3)
-    axes.legend(loc="lower right", fontsize="small")
+    _unit_square(
+        axes,
+        "ROC curves on the pooled hold-out",
+        "false positive rate (1 - specificity)",
+        "true positive rate (sensitivity)",
+        legend="lower right",
+    )
     return _png(figure)
 
 
@@ -98,14 +98,25 @@ def precision_recall_plot(
         linestyle="--",
         label=f"positive rate {prevalence:.3f}",
     )
-    axes.set_title("Precision-recall curves on the pooled hold-out")
-    axes.set_xlabel("recall (sensitivity)")
-    axes.set_ylabel("precision (PPV)")
+    _unit_square(
+        axes,
+        "Precision-recall curves on the pooled hold-out",
+        "recall (sensitivity)",
+        "precision (PPV)",
+        legend="upper right",
+    )
+    return _png(figure)
+
+
+def _unit_square(axes: Any, title: str, xlabel: str, ylabel: str, *, legend: str) -> None:
+    """Title, labels, [0, 1] on both axes, a light grid and the legend at ``legend``."""
+    axes.set_title(title)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
     axes.set_xlim(0, 1)
     axes.set_ylim(0, 1)
     axes.grid(alpha=0.3)
-    axes.legend(loc="upper right", fontsize="small")
-    return _png(figure)
+    axes.legend(loc=legend, fontsize="small")
 
 
 def calibration_plot(curves: Sequence[Curve], bins: int) -> bytes:
