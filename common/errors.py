@@ -91,6 +91,15 @@ class StoreError(HeflError):
     exit_code = 6
 
 
+class StoreFullError(StoreError):
+    """The store's disk, or the writer's quota, is full (ENOSPC, EDQUOT).
+
+    The write left nothing behind (a blob already at the key keeps its old bytes) and succeeds
+    when repeated once space is freed, so long-running processes wait for it
+    (``common.store.space``) rather than fail.
+    """
+
+
 class BlobNotFoundError(StoreError):
     """The shared store has no blob under the requested key."""
 

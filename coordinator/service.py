@@ -360,16 +360,20 @@ class Coordinator:
         # attempt (masked for a set that never completed): it goes too.
         dropped = set(self.state.ready) - set(self.state.accepted_hospitals)
         contributed += [layout.update_key(self.plan.run, closed, h) for h in sorted(dropped)]
-        self.state = sm.close_round(
+        closed_state = sm.close_round(
             self.plan,
             self.state,
             aggregate_ref=key,
             aggregate_sha256=sha256_hex(aggregate),
             now=now,
         )
+        # Adopted only once saved: a write that fails (a full disk, after waiting) leaves the
+        # round open with its running sum, and the next tick closes it again.
+        self._persist(closed_state)
+        self.state = closed_state
         self._sum = self._aggregator.new_sum()
         self._failures = {}
-        self._persist()
+        self._announce()  # the new round is durable: announce it before the writes that may wait
         self._write_public_summary()
         if not self._keep_updates:  # the aggregate and the state naming it are durable now
             for ref in contributed:
@@ -385,7 +389,6 @@ class Coordinator:
         )
         if len(self.state.history) >= 2:
             self._report_progress(self.state.history[-2])
-        self._announce()
 
     def _fix_participants(self, decision: str, now: float) -> None:
         """Fix who masks with whom; after a dropout, the ones that uploaded mask afresh."""
@@ -501,8 +504,9 @@ class Coordinator:
                 raise ProtocolError(f"coordinator state: {entry.blob_ref} no longer fits its round")
             self._sum.add(blob)
 
-    def _persist(self) -> None:
-        body = self._codec.seal_state(sm.to_json(self.state))
+    def _persist(self, state: sm.RunState | None = None) -> None:
+        """Save ``state`` (by default the current one), signed, in the private state store."""
+        body = self._codec.seal_state(sm.to_json(self.state if state is None else state))
         self._state_store.put(layout.state_key(self.plan.run), body)
         self._unsaved_rejections = False
         self._saved_at = self._clock()

@@ -38,7 +38,7 @@ from common.observe import HttpEndpoint, Route
 from common.protocol import layout as store_layout
 from common.protocol.runconfig import new_run_id, run_config_digest
 from common.protocol.signing import COORDINATOR, MessageCodec
-from common.store import LocalStore
+from common.store import LocalStore, SpaceWaitingStore
 from common.store.url import open_store
 from common.transport.rabbitmq import RabbitMQTransport
 from coordinator.endpoint import status_routes
@@ -174,8 +174,8 @@ def run_coordinator(
     bundle = load_coordinator_bundle(layout.he_coordinator)
     codec = layout.codec(COORDINATOR)
     names = participants or codec.trust.hospitals
-    state_store = LocalStore(state_dir)
-    run = settings.run or resume_or_new_run(state_store, codec)
+    state_folder = LocalStore(state_dir)
+    run = settings.run or resume_or_new_run(state_folder, codec)
     print(f"coordinator: run {run} (state in {state_dir})", flush=True)
     plan = RunPlan(
         run=run,
@@ -200,8 +200,9 @@ def run_coordinator(
         coordinator = Coordinator(
             plan,
             transport=transport,
-            store=open_store(endpoints.store),
-            state_store=state_store,
+            # A full disk is waited out (a bounded time), not a reason to stop the run.
+            store=SpaceWaitingStore(open_store(endpoints.store)),
+            state_store=SpaceWaitingStore(state_folder),
             aggregator=open_aggregator(layout.he_coordinator),
             keep_updates=keep_updates,
             codec=codec,
@@ -291,7 +292,7 @@ def run_hospital(
                 trainer=(trainer_for or bars.trainer_for)(settings.model, n_features),
                 cipher=open_cipher(layout.he_hospital),
                 transport=transport,
-                store=open_store(endpoints.store),
+                store=SpaceWaitingStore(open_store(endpoints.store)),  # waits out a full disk
                 codec=codec,
                 initial_weights=initial_weights(settings.model, n_features, settings.seed),
                 seed=settings.seed,

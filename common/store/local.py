@@ -8,11 +8,16 @@ checked with ``fstat`` before a byte is read. A symlink anywhere below the root 
 checked against the reader's ``max_bytes`` before reading, and the read itself stops one byte
 past the limit, so a file that grows meanwhile is refused too. The root itself is the
 operator's choice and may be a symlink.
+
+A write refused for lack of room (``ENOSPC``, or ``EDQUOT`` for a quota) raises
+``StoreFullError`` naming the key, the root and the blob's size; like any failed write it leaves
+no temporary file, and a blob already at the key keeps its old bytes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import stat
@@ -21,7 +26,13 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Final, NoReturn
 
 from common.atomic import write_atomic_at
-from common.errors import BlobNotFoundError, BlobTooLargeError, HeflError, StoreError
+from common.errors import (
+    BlobNotFoundError,
+    BlobTooLargeError,
+    HeflError,
+    StoreError,
+    StoreFullError,
+)
 from common.store.base import check_digest, check_key, too_large
 
 _CLOEXEC: Final = getattr(os, "O_CLOEXEC", 0)
@@ -29,6 +40,8 @@ _ROOT_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC
 _DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | _CLOEXEC
 _FILE_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | _CLOEXEC
 READ_CHUNK: Final = 1024 * 1024
+#: A write failing with one of these found no room: the disk is full, or the writer's quota.
+_FULL_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 class LocalStore:
@@ -39,6 +52,11 @@ class LocalStore:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
+            if exc.errno in _FULL_ERRNOS:
+                raise StoreFullError(
+                    f"store full: {_reason(exc)} creating the store folder {self.root}; "
+                    "free space there"
+                ) from exc
             raise StoreError(f"cannot create store folder {self.root}: {exc}") from exc
 
     def __repr__(self) -> str:
@@ -56,7 +74,7 @@ class LocalStore:
         except HeflError:
             raise
         except OSError as exc:
-            raise StoreError(f"cannot write {key} under {self.root}: {exc}") from exc
+            raise self._write_failed(key, len(data), exc) from exc
 
     def get(self, key: str, *, max_bytes: int | None = None, sha256: str | None = None) -> bytes:
         parts = check_key(key).split("/")
@@ -131,6 +149,15 @@ class LocalStore:
             raise StoreError(f"cannot delete {key} under {self.root}: {exc}") from exc
         finally:
             os.close(folder)
+
+    def _write_failed(self, key: str, size: int, exc: OSError) -> StoreError:
+        """The error for a failed write: ``StoreFullError`` when there was no room for it."""
+        if exc.errno in _FULL_ERRNOS:
+            return StoreFullError(
+                f"store full: {_reason(exc)} writing {key} ({size:,} bytes) under {self.root}; "
+                "free space there and the write can be repeated"
+            )
+        return StoreError(f"cannot write {key} under {self.root}: {exc}")
 
     # -- descriptors ---------------------------------------------------------------------------
 
@@ -223,6 +250,11 @@ def _read(key: str, fd: int, max_bytes: int | None, digest: Any) -> bytes:
             )
         digest.update(chunk)
         chunks.append(chunk)
+
+
+def _reason(exc: OSError) -> str:
+    """The system's words for ``exc``'s errno, e.g. "no space left on device"."""
+    return os.strerror(exc.errno).lower() if exc.errno is not None else str(exc)
 
 
 def _describe(mode: int) -> str:

@@ -1,4 +1,4 @@
-"""Bounded retries with exponential backoff and jitter, for remote stores.
+"""Bounded retries with exponential backoff and jitter, for remote stores and a full disk.
 
 The policy is plain data and the delay a pure function, so tests check the schedule without
 waiting; the caller injects ``sleep`` and ``rand`` (``time.sleep`` and ``random.random`` in
@@ -31,6 +31,11 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         if self.attempts < 1 or self.base_delay < 0 or self.max_delay < self.base_delay:
             raise ValueError(f"invalid retry policy {self!r}")
+
+    def longest_wait(self) -> float:
+        """The most seconds all the retries sleep together (each jitter at its top, no
+        ``Retry-After``): the bound on how long a caller waits before the error comes."""
+        return sum(backoff_delay(self, retry, 1.0) for retry in range(self.attempts - 1))
 
 
 def backoff_delay(

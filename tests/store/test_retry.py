@@ -23,6 +23,11 @@ def test_retry_after_lengthens_but_never_beyond_the_cap() -> None:
     assert backoff_delay(POLICY, 2, 1.0, retry_after=0.5) == 4.0
 
 
+def test_the_longest_wait_is_every_retrys_full_step() -> None:
+    assert POLICY.longest_wait() == 1.0 + 2.0 + 4.0  # 4 attempts: 3 waits
+    assert RetryPolicy(attempts=1).longest_wait() == 0.0
+
+
 def test_transient_errors_are_retried_until_success() -> None:
     outcomes: list[object] = [OSError("reset"), OSError("reset"), "done"]
     sleeps: list[float] = []
