@@ -69,6 +69,7 @@ class ProcessCluster:
     model_flags: tuple[str, ...] = MODEL_FLAGS
     masking: bool = True  # pairwise masks, every participant's default (False: --no-masking)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    store_urls: dict[str, str] = field(default_factory=dict)  # identity -> store URL (else `store`)
 
     @property
     def prefix(self) -> str:
@@ -129,7 +130,7 @@ class ProcessCluster:
             "--keys",
             str(self.keys),
             "--store",
-            str(self.store),
+            self.store_urls.get(identity, str(self.store)),
             "--broker",
             self.broker_url(identity),
             "--prefix",

@@ -11,12 +11,14 @@ the token endpoint for the JWT-bearer grant
 It rejects what Drive rejects (bad ``q``, unknown ``fields``, bad page tokens, unknown or read-only
 body fields, chunks that are not multiples of 256 KiB, missing or expired tokens, missing scopes,
 items not shared with the caller) and refuses parameters it does not implement. Faults are
-injected with ``fail_next`` (429/5xx/403 answers), ``drop_next_chunk`` and ``drop_next_download``
+injected with ``fail_next`` (429/5xx/403 answers), ``drop_next`` (the connection is closed with no
+answer, before or after the request is carried out), ``drop_next_chunk`` and ``drop_next_download``
 (the connection is cut after K bytes), ``expire_sessions`` and ``expire_tokens``.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import secrets
@@ -43,7 +45,7 @@ from testkit.drive.model import (
     invalid,
 )
 from testkit.drive.oauth import OAuth, Token
-from testkit.drive.query import QueryError, parse_query, requested, select
+from testkit.drive.query import FieldTree, QueryError, parse_query, requested, select
 from testkit.drive.uploads import FILE_DEFAULT, GRANULE, Session, Uploads
 from testkit.drive.wire import (
     RECORDED_HEADERS,
@@ -69,7 +71,7 @@ PARAMS = {
     "permissions.create": {"sendNotificationEmail", "emailMessage"},
     "upload.chunk": {"uploadType", "upload_id"},
 }
-LIST_DEFAULT = {
+LIST_DEFAULT: FieldTree = {
     "kind": None,
     "incompleteSearch": None,
     "nextPageToken": None,
@@ -80,12 +82,13 @@ LIST_DEFAULT = {
 @dataclass
 class Fault:
     call: str | None
-    kind: str  # "status" | "drop"
+    kind: str  # "status" | "drop" (mid-transfer) | "cut" (no answer at all)
     status: int = 500
     reason: str = "backendError"
     after_bytes: int = 0
     retry_after: float | None = None
     skip: int = 0  # matching requests to let through first
+    applied: bool = False  # "cut": the request is carried out, only its answer is lost
 
 
 @dataclass(frozen=True)
@@ -226,6 +229,18 @@ class FakeDrive(Uploads, OAuth):
                 for _ in range(count)
             )
 
+    def drop_next(self, count: int = 1, *, call: str | None = None, applied: bool = False) -> None:
+        """Close the connection of the next ``count`` API requests (of ``call``, if given) with no
+        answer, as a network failure would; ``applied``: only after carrying the request out, so
+        the client cannot tell whether it happened (a retried create then makes a second file).
+
+        The token endpoint is never affected, as with ``fail_next``. httplib2 silently sends a
+        request again once when its first answer is missing, so two drops in a row are what
+        reach the client's own retries.
+        """
+        with self.lock:
+            self.faults.extend(Fault(call, "cut", applied=applied) for _ in range(count))
+
     def drop_next_chunk(self, after_bytes: int, *, count: int = 1) -> None:
         with self.lock:
             self.faults.extend(
@@ -279,12 +294,14 @@ class FakeDrive(Uploads, OAuth):
                 raise ApiError(
                     fault.status, fault.reason, "injected fault", domain=domain, headers=headers_out
                 )
-            allowed = COMMON_PARAMS | PARAMS.get(call.removesuffix("_media"), set())
-            unknown = sorted(set(query) - allowed)
-            if unknown:
-                raise invalid(f"fake drive: parameter {unknown[0]} is not implemented", unknown[0])
-            email, _scopes = self._authenticate(h, call)
-            self._route(h, call, url.path, query, email)
+            lost = self._take_fault(call, "cut")
+            if lost is None:
+                self._serve(h, call, url.path, query)
+            elif lost.applied:
+                self._serve_unanswered(h, call, url.path, query)
+            else:
+                read_body(h)
+                cut(h)
         except ApiError as exc:
             send_json(h, exc.status, exc.body, exc.headers)
         except Dropped:
@@ -292,6 +309,26 @@ class FakeDrive(Uploads, OAuth):
         except Exception as exc:  # a bug in the fake: say so, and never as a retryable error
             send_json(h, 400, {"error": {"code": 400, "message": f"fake drive bug: {exc!r}"}})
             h.close_connection = True
+
+    def _serve(self, h: Handler, call: str, path: str, query: dict[str, str]) -> None:
+        allowed = COMMON_PARAMS | PARAMS.get(call.removesuffix("_media"), set())
+        unknown = sorted(set(query) - allowed)
+        if unknown:
+            raise invalid(f"fake drive: parameter {unknown[0]} is not implemented", unknown[0])
+        email, _scopes = self._authenticate(h, call)
+        self._route(h, call, path, query, email)
+
+    def _serve_unanswered(self, h: Handler, call: str, path: str, query: dict[str, str]) -> None:
+        """Carry the request out, write its answer nowhere, then cut the connection."""
+        wire = h.wfile
+        h.wfile = io.BytesIO()
+        try:
+            self._serve(h, call, path, query)
+        except ApiError:
+            pass  # refused: nothing was done, and the refusal is lost like any answer
+        finally:
+            h.wfile = wire
+        cut(h)
 
     def _take_fault(self, call: str, kind: str) -> Fault | None:
         with self.lock:

@@ -27,11 +27,11 @@ from testkit.drive.model import (
     check_body,
     invalid,
 )
-from testkit.drive.query import requested, select
+from testkit.drive.query import FieldTree, requested, select
 from testkit.drive.wire import Handler, cut, parse_multipart, read_body, send, send_json
 
 GRANULE = 256 * 1024
-FILE_DEFAULT = {"kind": None, "id": None, "name": None, "mimeType": None}
+FILE_DEFAULT: FieldTree = {"kind": None, "id": None, "name": None, "mimeType": None}
 
 
 @dataclass
@@ -51,7 +51,10 @@ class Uploads:
     lock: threading.RLock
     files: Files
     sessions: dict[str, Session]
-    url: str
+
+    @property
+    def url(self) -> str:
+        raise NotImplementedError
 
     def _take_fault(self, call: str, kind: str) -> Any:
         raise NotImplementedError
