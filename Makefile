@@ -33,6 +33,8 @@ help:
 	@echo "make bench    full benchmarks against TenSEAL/FLARE and others (~35 min; bench/results/)"
 	@echo "make bench-quick  the same on small sizes into out/bench-quick (~4 min)"
 	@echo "make bench-masking  masked against unmasked encrypted rounds, 4 and 10 hospitals (~15 min)"
+	@echo "make chaos    seeded fault soak: 8 hospitals, 20 BFV rounds, 3 seeds (root; bench/results/chaos.md)"
+	@echo "make chaos-quick  the short soak CI runs, into out/chaos-quick"
 	@echo "make tff-env  create $(TFF_VENV), TensorFlow Federated's own environment (idempotent)"
 	@echo "make demo-tff the demo's federated run with TensorFlow Federated as the engine"
 	@echo "make broker   install (Debian) and start a local RabbitMQ for the tests"
@@ -73,6 +75,16 @@ bench: bench-install
 # Small sizes and a data sample into out/bench-quick/ (about 2 min); README untouched.
 bench-quick: bench-install
 	$(BIN)/python -m bench.run_all --quick --out out/bench-quick --command "make bench-quick" $(BENCH_ARGS)
+
+# Chaos soak (root): 8 hospitals, 20 BFV rounds on a three-node RabbitMQ under seeded faults,
+# 3 seeds, against the fault-free run: bench/results/chaos.{md,json}. CI runs the short one
+# (tests/deployment/test_chaos.py).
+.PHONY: chaos chaos-quick
+chaos: bench-install broker
+	$(BIN)/python -m bench.chaos $(BENCH_ARGS)
+
+chaos-quick: bench-install broker
+	$(BIN)/python -m bench.chaos --quick --out out/chaos-quick $(BENCH_ARGS)
 
 # Pairwise masking's cost on the Diabetes MLP (4 and 10 hospitals): bench/results/masking.{md,json}.
 .PHONY: bench-masking

@@ -1,7 +1,8 @@
 """A local three-node RabbitMQ cluster for the failover tests, beside the single test node.
 
 ``broker_cluster()`` starts the nodes one after the other, each with its own node name
-(``hefl-c1@localhost`` ...), AMQP and Erlang distribution ports (free ones, on 127.0.0.1), and
+(``hefl-<tag>-c1@localhost`` ..., a tag per cluster so that two runs on one machine do not
+clash), AMQP and Erlang distribution ports (free ones, on 127.0.0.1), and
 its data, logs and configuration in a throw-away folder; no plugins. The nodes read no file of
 ``/etc/rabbitmq``, so the local test node of ``testkit.broker`` (``rabbit@<host>``, 5672 and
 5671) is left alone. They share the Erlang cookie of the user they run as (``rabbitmq`` when
@@ -28,6 +29,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -91,8 +93,9 @@ class BrokerCluster:
 
     def __init__(self, root: Path, size: int = NODES) -> None:
         self.root = root
+        tag = uuid.uuid4().hex[:6]
         self.nodes = [
-            Node(f"hefl-c{i}@localhost", _free_port(), _free_port(), root / f"c{i}")
+            Node(f"hefl-{tag}-c{i}@localhost", _free_port(), _free_port(), root / f"c{i}")
             for i in range(1, size + 1)
         ]
 
