@@ -45,6 +45,7 @@ from coordinator.endpoint import status_routes
 from coordinator.service import Coordinator
 from coordinator.state import RoundRecord, RunPlan, RunState
 from hefl.keylayout import KeyLayout
+from hospital_node.journal import JOURNAL_DIR, Journal
 from hospital_node.metrics import HospitalMeter, metrics_routes
 from hospital_node.progress import hospital_progress
 from hospital_node.service import Hospital
@@ -303,6 +304,8 @@ def run_hospital(
                 observers=(meter, bars.observer),
                 bundle=model_bundle,
                 server_optimizer=settings.model.server_optimizer,
+                # Replies sent, so that a restart resends them rather than re-uploading.
+                journal=None if out is None else Journal(out / name / JOURNAL_DIR),
             )
             hospital.start(hello=True)
             log_event(

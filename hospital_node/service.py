@@ -1,11 +1,18 @@
 """A hospital node: answers round announcements with an encrypted weighted model.
 
-The node keeps nothing on disk but its data and keys: each round it decrypts the announced
-aggregate (sum of weighted models and sum of weights) into the round's average and applies the
-run's server optimizer to it (``hospital_node.global_model``), keeping the global model and the
-optimizer's state in memory; a restarted node rebuilds both by replaying the stored aggregates
-and answers the next announcement. Any failure while evaluating, training or encrypting is
-reported to the coordinator as ``UpdateFailed``, not as silence.
+Each round the node decrypts the announced aggregate (sum of weighted models and sum of
+weights) into the round's average and applies the run's server optimizer to it
+(``hospital_node.global_model``), keeping the global model and the optimizer's state in memory; a
+restarted node rebuilds both by replaying the stored aggregates and answers the next
+announcement. Any failure while evaluating, training or encrypting is reported to the
+coordinator as ``UpdateFailed``, not as silence.
+
+Besides its data and keys, the node keeps on disk only its reply journal (``journal``,
+``hospital_node.journal``): each signed ``UpdateSubmitted`` is journaled after its blob is put and
+before it is published, and a restarted node asked again for the same (run, round, attempt)
+publishes the journaled bytes instead of encrypting anew, so a blob the coordinator accepted keeps
+the bytes its digest names. A crash before the journal write re-uploads a blob the coordinator
+never saw; one after it re-publishes a reply the coordinator takes as a repeated delivery.
 
 In a masked run (``masks`` given) the node trains, keeps its update in memory and says
 ``UpdateReady``; it encrypts and uploads only for a ``ParticipantsFixed`` that names it, adding
@@ -56,6 +63,7 @@ from common.server_optimizer import DEFAULT_SERVER_CONFIG, ServerOptimizerConfig
 from common.store import Store, sha256_hex
 from common.transport import ANNOUNCE, SUBMIT, Transport
 from hospital_node.global_model import GlobalModels
+from hospital_node.journal import Journal, JournalError
 from hospital_node.observer import HospitalObserver, Phase
 from hospital_node.trainer import Trainer
 
@@ -95,10 +103,13 @@ class Hospital:
         observers: Sequence[HospitalObserver] = (),
         bundle: BundleSettings | None = None,
         server_optimizer: ServerOptimizerConfig = DEFAULT_SERVER_CONFIG,
+        journal: Journal | None = None,
     ) -> None:
         """``bundle``: keep the final model in ``out_dir`` as a model bundle (for ``hefl
         predict``); without it, as a bare ``final_model.keras``. Either way the final report
-        carries the clinical metrics of the final model on this hospital's hold-out."""
+        carries the clinical metrics of the final model on this hospital's hold-out.
+        ``journal``: where the replies sent are kept, so that a restart resends rather than
+        re-uploads (None in the embedded simulation, whose hospitals never restart)."""
         self.hospital = hospital
         # None: follow the run the coordinator announces (the first signed RoundStarted of this
         # run's configuration whose deadline is ahead); a replayed one of an old run has expired.
@@ -134,6 +145,7 @@ class Hospital:
         self.final_metrics: Metrics | None = None
         self.final_clinical: ClinicalMetrics | None = None
         self._bundle = bundle
+        self._journal = journal
 
     def start(self, *, hello: bool = True) -> None:
         """Subscribe to announcements; ``hello`` asks the coordinator to re-announce its round
@@ -197,6 +209,12 @@ class Hospital:
             # so answering again would only produce a late duplicate.
             self._log("round_already_answered", level=logging.DEBUG, round=msg.round)
             return
+        journaled = None if self._masks else self._journaled(msg.round, 0)
+        if journaled is not None:
+            # Answered before a restart: the same signed reply, and the accepted blob untouched.
+            self._answered.add(msg.round)
+            self._resend(msg.round, 0, journaled)
+            return
         if self._clock() > msg.deadline:
             self._log("round_skipped", round=msg.round, reason="deadline passed")
             return
@@ -222,16 +240,29 @@ class Hospital:
             if trained is not None:
                 self._log("left_out", round=msg.round, attempt=msg.attempt)
             return
+        journaled = self._journaled(msg.round, msg.attempt)
+        if journaled is not None:
+            # Uploaded for this very set before a restart: masking afresh would overwrite it.
+            self._masked = (msg.round, msg.attempt)
+            self._resend(msg.round, msg.attempt, journaled)
+            return
         if self._clock() > msg.deadline:
             self._log("participants_skipped", round=msg.round, reason="deadline passed")
             return
+        if trained is None:
+            # Restarted after training: this set was queued for us while we were down. The
+            # Hello we said on start makes the coordinator announce the round and this set
+            # again; training is seeded, so the update we mask then is the one it expects.
+            self._log(
+                "participants_before_training",
+                level=logging.WARNING,
+                round=msg.round,
+                attempt=msg.attempt,
+                detail="restarted after training: waiting for the round's re-announcement",
+            )
+            return
         self._masked = (msg.round, msg.attempt)
         try:
-            if trained is None:
-                raise TrainingError(
-                    f"named a participant of round {msg.round} without a trained update "
-                    "(restarted after training)"
-                )
             cohort = Cohort(
                 run=self.run, round=msg.round, attempt=msg.attempt, participants=msg.participants
             )
@@ -250,6 +281,28 @@ class Hospital:
             participants=len(msg.participants),
             seconds=time.perf_counter() - started,
         )
+
+    def _resend(self, round_: int, attempt: int, reply: bytes) -> None:
+        self._transport.publish(SUBMIT, reply)
+        self._round_done(round_)
+        self._log("update_resent", round=round_, attempt=attempt)
+
+    def _journaled(self, round_: int, attempt: int) -> bytes | None:
+        """The signed reply journaled for (run, ``round_``, ``attempt``), if a sound one is; a
+        damaged entry is logged and ignored (the node then answers as if it had none)."""
+        if self._journal is None:
+            return None
+        try:
+            return self._journal.submission(self._codec, self.run, round_, attempt)
+        except JournalError as exc:
+            self._log(
+                "journal_entry_ignored",
+                level=logging.WARNING,
+                round=round_,
+                attempt=attempt,
+                error=exc,
+            )
+            return None
 
     def _report_failure(self, round_: int, exc: HeflError) -> None:
         self._log("round_failed", level=logging.ERROR, round=round_, error=exc)
@@ -303,7 +356,7 @@ class Hospital:
         started = time.perf_counter()
         self._store.put(key, blob)
         self._phase_done("upload", started)
-        return self._codec.encode(
+        reply = self._codec.encode(
             UpdateSubmitted(
                 run=self.run,
                 round=round_,
@@ -314,6 +367,20 @@ class Hospital:
                 metrics=trained.metrics,
             )
         )
+        if self._journal is not None:
+            try:
+                self._journal.record(self.run, round_, attempt, reply)
+            except JournalError as exc:
+                # Not a reason to withhold the update: only a restart before the round closes
+                # would then upload again (the behaviour without a journal).
+                self._log(
+                    "journal_write_failed",
+                    level=logging.WARNING,
+                    round=round_,
+                    attempt=attempt,
+                    error=exc,
+                )
+        return reply
 
     def _phase_done(self, phase: Phase, started: float) -> None:
         seconds = time.perf_counter() - started

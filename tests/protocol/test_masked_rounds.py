@@ -8,6 +8,7 @@ still reproduces plaintext FedAvg.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from pathlib import Path
 
@@ -287,17 +288,38 @@ def test_a_curious_hospital_with_a_copy_of_the_store(keys: Path, masking: bool) 
     np.testing.assert_allclose(total, expected, atol=1e-6)
 
 
-def test_a_hospital_named_without_a_trained_update_says_so(keys: Path) -> None:
-    cluster = masked_cluster(keys, rounds=1)
-    add_all(cluster, keys)
-    hospital = cluster.hospitals["h1"]
-    fixed = ParticipantsFixed(
-        run="run-1", round=1, attempt=1, participants=("h1", "h2", "h3"), deadline=1e12
-    )
-    hospital.handle(codec("coordinator").encode(fixed))
+def test_a_participant_restarted_after_training_waits_for_the_round_and_is_not_lost(
+    keys: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """h4 trained, said it was ready and died; the participant set was queued for it meanwhile.
+    Restarted, it meets that set first, without a trained update: it reports no failure but
+    waits for the re-announcement its Hello brings, trains again (seeded, the same update) and
+    masks for the same set. The round keeps all four, in one attempt."""
+    cluster = masked_cluster(keys, rounds=2)
+    add_all(cluster, keys, h4=GoneAfterReady)
+    coordinator = cluster.start_coordinator(open_aggregator(keys / "coordinator"))
+    cluster.transport.deliver_all()
+    gone = cluster.hospitals["h4"]
+    assert isinstance(gone, GoneAfterReady) and gone.fixed_seen is not None
+    assert set(coordinator.state.accepted_hospitals) == {"h1", "h2", "h3"}
+
+    cluster.now[0] += 15.0  # the new process starts, before the mask deadline
+    cluster.add_hospital("h4", cipher=RecordingCipher(open_cipher(keys / "hospital")), hello=True)
+    restarted = cluster.hospitals["h4"]
+    with caplog.at_level(logging.WARNING):
+        restarted.handle(codec("coordinator").encode(gone.fixed_seen))  # the queued set
+    assert "participants_before_training" in caplog.text
     sent = [codec("coordinator").decode(body) for _, body, _ in cluster.transport._queue]  # type: ignore[attr-defined]
-    failures = [m for m in sent if isinstance(m, UpdateFailed)]
-    assert failures and "without a trained update" in failures[0].error
+    assert not [m for m in sent if isinstance(m, UpdateFailed)]
+
+    coordinator = cluster.run_to_end()
+    assert coordinator.state.phase == "done", coordinator.state.error
+    assert [r.accepted for r in coordinator.state.history] == [FOUR, FOUR]
+    assert [r.attempts for r in coordinator.state.history] == [1, 1]
+    expected = reference_fedavg(FOUR, 2)
+    for name in FOUR[:3]:
+        np.testing.assert_allclose(cluster.hospitals[name].final_weights, expected, atol=1e-6)
+    np.testing.assert_allclose(restarted.final_weights, expected, atol=1e-6)
 
 
 def test_a_hospital_that_masks_wrongly_turns_the_sum_into_noise_and_the_run_stops(

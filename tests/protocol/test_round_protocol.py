@@ -33,6 +33,7 @@ from common.store import InMemoryStore, sha256_hex
 from common.transport import SUBMIT, InMemoryTransport
 from coordinator.service import Coordinator
 from coordinator.state import RunPlan
+from hospital_node.journal import Journal
 from hospital_node.observer import HospitalObserver
 from hospital_node.service import Hospital, LocalData, training_seed
 from hospital_node.training import LocalTrainer
@@ -97,6 +98,7 @@ class Cluster:
         kind: type[Hospital] = Hospital,
         observers: tuple[HospitalObserver, ...] = (),
         server_optimizer: ServerOptimizerConfig = DEFAULT_SERVER_CONFIG,
+        journal: Journal | None = None,
     ) -> None:
         hospital = kind(
             name,
@@ -115,6 +117,7 @@ class Cluster:
             masks=codec(name).pairwise_masks() if self.plan.masking else None,
             observers=observers,
             server_optimizer=server_optimizer,
+            journal=journal,
         )
         hospital.start(hello=hello)
         self.hospitals[name] = hospital
