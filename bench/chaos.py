@@ -82,7 +82,12 @@ def soak(plan: Plan, root: Path, log: Any = print) -> dict[str, Any]:
             log(f"seed {seed} ({store} store): {len(faults)} faults planned")
             _all_nodes_up(brokers)
             config = replace(base, root=root / f"seed-{seed}", store=store, faults=tuple(faults))
-            result = run_soak(config, brokers)
+            try:
+                result = run_soak(config, brokers)
+            except AssertionError as exc:  # the run failed or stalled: a finding, not a crash
+                runs.append({"seed": seed, "store": store, "error": str(exc)[:4000]})
+                log(f"  FAILED: {str(exc)[:300]}")
+                continue
             runs.append(_run_figures(seed, result, reference))
             log(f"  {result.seconds:.0f} s, max |difference| {runs[-1]['max_difference']:.3g}")
     return {
@@ -128,7 +133,7 @@ def by_kind(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per kind of fault over every run: injected, recovered, median and worst recovery time."""
     table: dict[str, dict[str, Any]] = {}
     for kind in KINDS:
-        faults = [f for run in runs for f in run["faults"] if f["kind"] == kind]
+        faults = [f for run in runs for f in run.get("faults", ()) if f["kind"] == kind]
         if not faults:
             continue
         times = [f["time_to_recover"] for f in faults if f["time_to_recover"] is not None]
@@ -147,6 +152,9 @@ def passed(figures: dict[str, Any]) -> list[str]:
     problems = []
     for run in figures["runs"]:
         tag = f"seed {run['seed']} ({run['store']})"
+        if "error" in run:
+            problems.append(f"{tag}: {run['error'].splitlines()[0]}")
+            continue
         if run["max_difference"] > TOLERANCE:
             problems.append(f"{tag}: final model differs by {run['max_difference']:.3g}")
         if not run["rounds"] == run["rounds_with_everyone"] == run["reference_rounds"]:
@@ -173,6 +181,7 @@ def markdown(figures: dict[str, Any]) -> str:
             sum(run["unplanned_restarts"].values()),
         ]
         for run in figures["runs"]
+        if "error" not in run
     ]
     kinds = [
         [

@@ -222,9 +222,9 @@ def run_soak(config: SoakConfig, brokers: BrokerCluster | None = None) -> SoakRe
         for name in cluster.names:
             cluster.start_hospital(name)
         cluster.start_coordinator(*COORDINATOR_FLAGS)
+        stack.callback(soak.wait_nodes)  # a node still booting is up before the next run
         scheduler = Scheduler(soak, config.faults)
         scheduler.run(done=_finished)
-        stack.callback(soak.wait_nodes)
         _wait_done(soak, scheduler, config.timeout - (time.monotonic() - started))
         for name in cluster.names:
             if cluster.processes[name].poll() is None:
