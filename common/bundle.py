@@ -8,12 +8,12 @@ new discharge, months later, on a machine that never saw the run. A bundle keeps
         schema.yaml   the schema's YAML text as the run read it (self-contained for any schema)
         bundle.json   the manifest: see :class:`Manifest`
 
-The manifest records the format version; the run (id, rounds, seed, configuration digest,
-model configuration, HE scheme); the schema's name, its feature-layout digest and feature
-count; the hold-out metrics of the final model on this hospital's own test split
-(``holdout``: AUC, accuracy, loss; ``clinical``: :class:`common.clinical.ClinicalMetrics`);
-the decision ``threshold`` that flags the ``top_fraction`` riskiest patients of that split;
-and the SHA-256 of the two other files.
+The manifest records the format version; the run (id, rounds run, the round whose global model
+is final, seed, configuration digest, model configuration, HE scheme); the schema's name, its
+feature-layout digest and feature count; the hold-out metrics of the final model on this
+hospital's own test split (``holdout``: AUC, accuracy, loss; ``clinical``:
+:class:`common.clinical.ClinicalMetrics`); the decision ``threshold`` that flags the
+``top_fraction`` riskiest patients of that split; and the SHA-256 of the two other files.
 
 :func:`write_bundle` builds the folder under a temporary name beside it and renames it into
 place, so a crash leaves the previous bundle or the new one, never a part of one.
@@ -69,7 +69,10 @@ class Manifest:
     format_version: Annotated[int, Strict()]
     hospital: _Text
     run: _Text
-    rounds: _Count
+    rounds: _Count  # rounds the run closed
+    # The round whose global model this is: ``rounds``, or an earlier round's after early
+    # stopping. A bundle written before early stopping has none: read as ``rounds``.
+    final_round: _Count
     seed: _Count
     config_digest: _Text
     model: dict[str, Any]  # common.model.ModelConfig.to_dict()
@@ -112,11 +115,17 @@ class BundleSettings:
         parameters: int,
         holdout: Metrics,
         clinical: ClinicalMetrics,
+        final_round: int | None = None,
     ) -> Manifest:
-        """The manifest of a final model of ``parameters`` weights (its ``files`` still empty).
+        """The manifest of a final model of ``parameters`` weights (its ``files`` still empty);
+        ``final_round``: the round whose model it is (``RunFinished.model_round``; None: the
+        last of ``rounds``).
 
-        Raises ConfigError when the schema does not give the features such a model takes, or
-        the metrics were computed for another top fraction."""
+        Raises ConfigError when the schema does not give the features such a model takes, the
+        metrics were computed for another top fraction, or ``final_round`` is not a round run."""
+        final = rounds if final_round is None else final_round
+        if not 1 <= final <= rounds:
+            raise ConfigError(f"final round {final} is not one of the {rounds} rounds run")
         schema = parse_schema(self.schema_text, file=SCHEMA_FILE)
         encoder = FeatureEncoder(schema)
         expected = parameter_count(self.model, encoder.n_features)
@@ -135,6 +144,7 @@ class BundleSettings:
             hospital=hospital,
             run=run,
             rounds=rounds,
+            final_round=final,
             seed=seed,
             config_digest=config_digest,
             model=self.model.to_dict(),
@@ -262,10 +272,19 @@ def _manifest(path: Path) -> Manifest:
         raise BundleError(
             f"bundle format {version}; this release reads format {FORMAT_VERSION}", file=where
         )
+    if isinstance(body, dict) and "final_round" not in body and "rounds" in body:
+        body = {**body, "final_round": body["rounds"]}  # written before early stopping
     try:
-        return _MANIFEST.validate_python(body)
+        manifest = _MANIFEST.validate_python(body)
     except ValidationError as exc:
         raise BundleError(f"{MANIFEST_FILE}: {explain(exc, dotted_path)}", file=where) from exc
+    if not 1 <= manifest.final_round <= manifest.rounds:
+        raise BundleError(
+            f"{MANIFEST_FILE}: final_round {manifest.final_round} is not one of the "
+            f"{manifest.rounds} rounds run",
+            file=where,
+        )
+    return manifest
 
 
 def _no_constant(name: str) -> Any:

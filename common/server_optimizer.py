@@ -42,6 +42,13 @@ FEDAVGM: Final = "fedavgm"
 FEDADAM: Final = "fedadam"
 FEDYOGI: Final = "fedyogi"
 SERVER_OPTIMIZERS: Final = (FEDAVG, FEDAVGM, FEDADAM, FEDYOGI)
+#: How results name a run by its server optimizer ("encrypted FedAdam (CKKS)", "plaintext FedAvgM").
+DISPLAY_NAMES: Final[Mapping[str, str]] = {
+    FEDAVG: "FedAvg",
+    FEDAVGM: "FedAvgM",
+    FEDADAM: "FedAdam",
+    FEDYOGI: "FedYogi",
+}
 _ADAPTIVE: Final = (FEDADAM, FEDYOGI)
 
 #: Plain FedAvg until a benchmark picks otherwise (the other defaults are Reddi et al.'s).

@@ -96,6 +96,12 @@ def status(
         "masking": plan.masking,
         "deadline_seconds": round(deadline - now, 1) if state.phase in ("round", "final") else None,
         "error": state.error,
+        # Set once the run's rounds are over: the round whose model is final and why it ended
+        # there (``max-rounds`` or ``early-stopping``, with the plan's patience and min_delta).
+        "final_round": state.final_round or None,
+        "stop_reason": state.stop_reason,
+        "patience": plan.patience,
+        "min_delta": plan.min_delta,
         "roster": roster,
         "history": rounds,
         "rejected": dict(sorted(state.rejected.items())),

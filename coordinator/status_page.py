@@ -42,6 +42,9 @@ def render(status: dict[str, Any]) -> str:
         ),
         ("Aggregation time", f"{status['aggregation_seconds']:.2f} s"),
     ]
+    outcome = outcome_text(status)
+    if outcome is not None:
+        facts.append(("Outcome", outcome))
     if status["error"]:
         facts.append(("Error", f'<span class="bad">{escape(status["error"])}</span>'))
     return _PAGE.format(
@@ -84,6 +87,27 @@ def render(status: dict[str, Any]) -> str:
         if status["rejected"]
         else "<p>None.</p>",
     )
+
+
+def outcome_text(status: dict[str, Any]) -> str | None:
+    """How the run's rounds ended and which round's model is final (None while rounds run),
+    e.g. ``stopped early after round 7: no better mean hold-out loss for 3 rounds; final
+    model: round 4``."""
+    final, closed = status["final_round"], status["rounds_closed"]
+    if status["stop_reason"] == "early-stopping":
+        delta = status["min_delta"]
+        loss = (
+            "better mean hold-out loss"
+            if not delta
+            else f"mean hold-out loss better by more than {delta:g}"
+        )
+        return (
+            f"stopped early after round {closed}: no {loss} for {status['patience']} rounds; "
+            f"final model: round {final}"
+        )
+    if status["stop_reason"] == "max-rounds":
+        return f"ran all {closed} rounds; final model: round {final}"
+    return None
 
 
 def _cell(key: str, value: str) -> str:

@@ -3,7 +3,8 @@
 All four are evaluated on the same pooled hold-out (the union of the hospitals' patient-grouped
 test splits), so the table compares like with like. Output goes through ``hefl.reporting``;
 the hold-out's labels and each method's scores go to ``scores.npz`` (``hefl.holdout``) for the
-report's curves.
+report's curves. The federated rows are named by the run's server optimizer
+(``encrypted FedAdam (CKKS)``; plain ``encrypted FedAvg (CKKS)`` by default).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from hefl.reporting import (
     alone,
     data_header,
     data_summary,
+    federated_method,
     prepare_output,
     progress_line,
     results,
@@ -124,15 +126,19 @@ def run_comparison(
         runs[run] = result.summary
         return result.weights
 
+    server = config.model.server_optimizer.name
     encrypted = federated(
-        f"encrypted FedAvg ({config.he.scheme.upper()})",
+        federated_method("encrypted", server, scheme=config.he.scheme),
         "encrypted",
         lambda _name: open_cipher(keys / "hospital"),
         open_aggregator(keys / "coordinator"),
     )
     if baselines:
         plaintext = federated(
-            "plaintext FedAvg", "plaintext", lambda _name: plain_cipher(), plain_aggregator()
+            federated_method("plaintext", server),
+            "plaintext",
+            lambda _name: plain_cipher(),
+            plain_aggregator(),
         )
         runs["max_abs_weight_difference"] = float(np.max(np.abs(encrypted - plaintext)))
         local_rows = []

@@ -20,6 +20,7 @@ from common.clinical import DEFAULT_TOP_FRACTION, clinical_metrics
 from common.errors import ConfigError
 from common.fedavg import finite
 from common.metrics import Metrics, compute_metrics
+from common.server_optimizer import DEFAULT_SERVER_OPTIMIZER, DISPLAY_NAMES
 
 if TYPE_CHECKING:
     from hefl.simulation import Cohort, SimulationConfig
@@ -35,6 +36,22 @@ MEAN_ALONE: Final = "mean of hospitals alone"
 def alone(hospital: str) -> str:
     """The result row of the model ``hospital`` trained on its own rows only."""
     return f"{hospital} alone"
+
+
+def federated_method(
+    run: str, server_optimizer: str = DEFAULT_SERVER_OPTIMIZER, *, scheme: str | None = None
+) -> str:
+    """The result row of a federated run (``summary.json``'s ``runs`` key ``run``), named by
+    the server optimizer it used: ``encrypted FedAvg (CKKS)``, ``plaintext FedAdam``,
+    ``TFF FedYogi (plaintext)``. Another run name is returned as it is."""
+    name = DISPLAY_NAMES.get(server_optimizer, server_optimizer)
+    if run == "encrypted":
+        return f"encrypted {name}" + (f" ({scheme.upper()})" if scheme else "")
+    if run == "plaintext":
+        return f"plaintext {name}"
+    if run == "tff":
+        return f"TFF {name} (plaintext)"
+    return run
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -44,6 +44,7 @@ from hefl.reporting import (
     Emit,
     Row,
     data_header,
+    federated_method,
     prepare_output,
     progress_line,
     results,
@@ -61,7 +62,8 @@ TFF_VENV_ENV: Final = "HEFL_TFF_VENV"
 SETUP_STAMP: Final = ".hefl-tff-env"
 # The whole TFF run (10 rounds on the full Diabetes-130 data take about a minute).
 DEFAULT_TIMEOUT_SECONDS: Final = 1800.0
-TFF_METHOD: Final = "TFF FedAvg (plaintext)"
+#: The result row of a plain FedAvg run (another server optimizer names its own: TFF FedAdam ...).
+TFF_METHOD: Final = federated_method("tff")
 PROGRESS_PREFIX: Final = "tff round"
 DATA_FILE: Final = "data.npz"
 
@@ -258,7 +260,8 @@ def run_tff_engine(
     for line in data_header(config, cohort):
         emit(line)
     work = out / "tff"
-    emit(f"{TFF_METHOD}: tensorflow-federated in {python.parent.parent}, log {work / 'tff.log'}")
+    method = federated_method("tff", config.model.server_optimizer.name)
+    emit(f"{method}: tensorflow-federated in {python.parent.parent}, log {work / 'tff.log'}")
     started = time.perf_counter()
     try:
         export_inputs(config, cohort, work / "input")
@@ -314,7 +317,7 @@ def run_tff_engine(
         )
     x_test, y_test = cohort.pooled_test
     scores = evaluator.predict(weights[-1], x_test)
-    rows = [Row.scored(TFF_METHOD, y_test, scores, seconds, None, top_fraction=config.top_fraction)]
+    rows = [Row.scored(method, y_test, scores, seconds, None, top_fraction=config.top_fraction)]
     for line in results(rows, y_test):
         emit(line)
     summary = {

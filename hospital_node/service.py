@@ -415,6 +415,7 @@ class Hospital:
                     hospital=self.hospital,
                     run=self.run,
                     rounds=msg.rounds,
+                    final_round=msg.model_round,
                     seed=self._seed,
                     config_digest=self._config_digest,
                     parameters=int(weights.size),

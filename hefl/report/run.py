@@ -12,18 +12,12 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 from common.errors import ConfigError
+from common.server_optimizer import DEFAULT_SERVER_OPTIMIZER
 from hefl.holdout import SCORES_FILE, HoldoutScores, read_scores
-from hefl.reporting import SUMMARY_FILE
-
-#: How the report names a federated run of ``summary.json``'s ``runs``.
-RUN_LABELS: Final = {
-    "encrypted": "encrypted FedAvg",
-    "plaintext": "plaintext FedAvg",
-    "tff": "TFF FedAvg (plaintext)",
-}
+from hefl.reporting import SUMMARY_FILE, federated_method
 
 
 @dataclass(frozen=True)
@@ -89,14 +83,18 @@ def load_run(folder: Path) -> RunRecord:
     rounds: dict[str, tuple[RoundPoint, ...]] = {}
     finals: dict[str, dict[str, float]] = {}
     config = summary.get("config")
-    he = config.get("he") if isinstance(config, dict) else None
-    scheme = he.get("scheme") if isinstance(he, dict) else None
+    he = _mapping(config, "he")
+    scheme = he.get("scheme")
+    # Named as the results table names them (absent from older runs and plain FedAvg's).
+    server = _mapping(_mapping(config, "model"), "server_optimizer").get(
+        "name", DEFAULT_SERVER_OPTIMIZER
+    )
     for name, run in runs.items():
         if not isinstance(run, dict) or "rounds" not in run:
             continue  # e.g. max_abs_weight_difference
-        label = RUN_LABELS.get(str(name), str(name))
-        if name == "encrypted" and isinstance(scheme, str):
-            label = f"{label} ({scheme.upper()})"
+        label = federated_method(
+            str(name), str(server), scheme=scheme if isinstance(scheme, str) else None
+        )
         rounds[label] = _rounds(path, name, run["rounds"])
         finals[label] = _final_by_hospital(run["rounds"])
     scores_path = folder / SCORES_FILE
@@ -109,6 +107,11 @@ def load_run(folder: Path) -> RunRecord:
         final_by_hospital=finals,
         scores=scores,
     )
+
+
+def _mapping(parent: Any, key: str) -> Mapping[str, Any]:
+    value = parent.get(key) if isinstance(parent, Mapping) else None
+    return value if isinstance(value, Mapping) else {}
 
 
 def _number(value: Any, *, allow_none: bool = False) -> bool:

@@ -188,6 +188,30 @@ def test_a_run_without_scores_still_reports_and_says_what_is_missing(
 
 
 @pytest.mark.parametrize(
+    ("server", "expected"),
+    [
+        ("fedyogi", ["encrypted FedYogi (BFV)", "plaintext FedYogi", "TFF FedYogi (plaintext)"]),
+        ("fedavgm", ["encrypted FedAvgM (BFV)", "plaintext FedAvgM", "TFF FedAvgM (plaintext)"]),
+        (None, ["encrypted FedAvg (BFV)", "plaintext FedAvg", "TFF FedAvg (plaintext)"]),
+    ],
+)
+def test_the_per_round_series_are_named_by_the_runs_server_optimizer(
+    tmp_path: Path, server: str | None, expected: list[str]
+) -> None:
+    """Named as the results table names the rows; plain FedAvg (or a run from before server
+    optimizers) has no ``server_optimizer`` in its configuration."""
+    model = {} if server is None else {"server_optimizer": {"name": server}}
+    rounds = [{"round": 1, "holdout_metrics_mean": {"auc": 0.6, "loss": 0.4}}]
+    summary = {
+        "config": {"he": {"scheme": "bfv"}, "model": model},
+        "results": [{"method": expected[0], "auc": 0.6}],
+        "runs": {run: {"rounds": rounds} for run in ("encrypted", "plaintext", "tff")},
+    }
+    (tmp_path / SUMMARY_FILE).write_text(json.dumps(summary))
+    assert list(load_run(tmp_path).rounds) == expected
+
+
+@pytest.mark.parametrize(
     ("content", "needle"),
     [
         (None, "not found"),

@@ -13,9 +13,17 @@ from dataclasses import replace
 
 from common.observe.prometheus import Exposition
 from coordinator import status_page
-from coordinator.state import fail_run, new_run, with_hello, with_ready, with_rejection
+from coordinator.state import (
+    fail_run,
+    finish_run,
+    new_run,
+    with_hello,
+    with_ready,
+    with_rejection,
+)
 from coordinator.status import Meter, metric_families, status
 from tests.protocol.test_coordinator_state import T0, close, make_plan, with_quorum
+from tests.protocol.test_early_stopping import run_with_losses
 
 PLAN = make_plan(hospitals=("hospital-1", "hospital-2", "hospital-3", "hospital-4"))
 
@@ -79,6 +87,39 @@ def test_the_page_shows_the_round_the_status_reports_and_its_charts() -> None:
     assert "<polyline" in page
     assert "hospital-4" in page  # the operator sees the roster
     assert "<script" not in page
+
+
+def test_an_early_stopped_run_says_when_it_stopped_why_and_which_model_is_final() -> None:
+    # Models of rounds 1..4 score 0.50, 0.40 (best), 0.45, 0.41: stopped when round 5 closed.
+    plan, state = run_with_losses([0.50, 0.40, 0.45, 0.41, 0.30], rounds=10, patience=2)
+    for got in (
+        status(plan, state, seen={}, meter=Meter(), now=T0 + 6),  # waiting for final reports
+        status(plan, finish_run(state), seen={}, meter=Meter(), now=T0 + 7),
+    ):
+        assert (got["final_round"], got["stop_reason"]) == (2, "early-stopping")
+        assert (got["rounds_closed"], got["rounds"], got["patience"]) == (5, 10, 2)
+        json.dumps(got, allow_nan=False)
+        page = status_page.render(got)
+        assert (
+            "<th>Outcome</th><td>stopped early after round 5: no better mean hold-out loss for "
+            "2 rounds; final model: round 2</td>"
+        ) in page
+    plan, state = run_with_losses([0.50, 0.495, 0.49, 0.2], rounds=10, patience=2, min_delta=0.02)
+    page = status_page.render(status(plan, state, seen={}, meter=Meter(), now=T0 + 5))
+    assert (
+        "stopped early after round 4: no mean hold-out loss better by more than 0.02 for 2 "
+        "rounds; final model: round 1"
+    ) in page
+
+
+def test_a_run_that_used_every_round_says_the_last_model_is_final() -> None:
+    plan, state = run_with_losses([0.5, 0.4, 0.3], rounds=4, patience=3)
+    got = status(plan, state, seen={}, meter=Meter(), now=T0 + 5)
+    assert (got["final_round"], got["stop_reason"]) == (4, "max-rounds")
+    assert "ran all 4 rounds; final model: round 4" in status_page.render(got)
+    running = status(PLAN, two_rounds_closed(), seen={}, meter=Meter(), now=T0 + 20)
+    assert (running["final_round"], running["stop_reason"]) == (None, None)
+    assert "Outcome" not in status_page.render(running)
 
 
 def test_a_hospital_cannot_inject_markup_through_its_failure_report() -> None:

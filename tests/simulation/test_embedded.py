@@ -15,6 +15,8 @@ from common.data.sources import DEFAULT_DATASET
 from common.model import ModelConfig
 from hefl.cli import main
 from hefl.compare import run_comparison
+from hefl.holdout import SCORES_FILE, read_scores
+from hefl.report import REPORT_FILE, load_run
 from hefl.simulation import SimulationConfig
 from testkit.cluster import sample_csv as whole_patients
 
@@ -167,6 +169,29 @@ def test_cli_simulate_runs_bfv_without_baselines(sample_csv: Path, tmp_path: Pat
     assert summary["runs"]["encrypted"]["rounds"][0]["attempts"] == 0
     assert len(summary["results"]) == 1
     assert np.isfinite(summary["results"][0]["auc"])
+
+
+def test_the_federated_rows_name_the_server_optimizer_the_run_used(
+    sample_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A FedAdam run is not called FedAvg: not in the table, ``summary.json``, ``scores.npz``,
+    nor in the report's table and per-round legends."""
+    out = tmp_path / "o"
+    argv = ["simulate", "--dataset", str(sample_csv), "--hospitals", "3", "--rounds", "1"]
+    argv += ["--hidden", "8", "--local-epochs", "1", "--no-masking", "--out", str(out)]
+    assert main([*argv, "--server-optimizer", "fedadam"]) == 0
+    printed = capsys.readouterr().out
+    federated = ["encrypted FedAdam (CKKS)", "plaintext FedAdam"]
+    assert "encrypted FedAdam (CKKS):" in printed and "plaintext FedAdam:" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    methods = [row["method"] for row in summary["results"]]
+    assert methods[:2] == federated
+    assert not any("FedAvg" in method for method in methods), methods
+    assert read_scores(out / SCORES_FILE).methods[:2] == tuple(federated)
+    assert list(load_run(out).rounds) == federated  # the per-round plots' legends
+    report = (out / REPORT_FILE).read_text()
+    assert all(f"<td>{method}</td>" in report for method in federated)
+    assert "FedAvg (" not in report and "plaintext FedAvg" not in report
 
 
 def test_cli_reports_a_bad_csv_with_its_exit_code(tmp_path: Path, capsys) -> None:

@@ -288,6 +288,47 @@ def test_bundle_settings_refuse_a_schema_that_does_not_fit_the_model(run: Run) -
         )
 
 
+def test_the_manifest_names_the_round_whose_model_is_final(run: Run, tmp_path: Path) -> None:
+    """Early stopping keeps an earlier round's model: round 4's of 7 run. A bundle written
+    before early stopping has no final_round and reads as the last round's."""
+    bundle = copy_bundle(run, tmp_path)
+    old = read_bundle(bundle).manifest
+    assert (old.rounds, old.final_round) == (1, 1)
+    settings = BundleSettings(
+        schema_text=schema_text("diabetes130"), model=MODEL, he=old.he, top_fraction=TOP
+    )
+    facts = {
+        "hospital": old.hospital,
+        "run": old.run,
+        "rounds": 7,
+        "seed": old.seed,
+        "config_digest": old.config_digest,
+        "parameters": run.result.weights.size,
+        "holdout": Metrics.from_dict(old.holdout),
+        "clinical": clinical_metrics(np.arange(10) % 2, np.linspace(0, 1, 10), top_fraction=TOP),
+    }
+    model = (bundle / MODEL_FILE).read_bytes()
+    write_bundle(
+        bundle,
+        settings.manifest(**facts, final_round=4),
+        schema_text("diabetes130"),
+        lambda path: path.write_bytes(model),
+    )
+    written = json.loads((bundle / MANIFEST_FILE).read_text())
+    assert (written["rounds"], written["final_round"]) == (7, 4)
+    assert read_bundle(bundle).manifest.final_round == 4
+    assert settings.manifest(**facts).final_round == 7  # not given: the last round's model
+    with pytest.raises(ConfigError, match="final round 8 is not one of the 7 rounds run"):
+        settings.manifest(**facts, final_round=8)
+
+    del written["final_round"]
+    (bundle / MANIFEST_FILE).write_text(json.dumps(written))
+    assert read_bundle(bundle).manifest.final_round == 7
+    (bundle / MANIFEST_FILE).write_text(json.dumps({**written, "final_round": 8}))
+    with pytest.raises(BundleError, match="final_round 8 is not one of the 7 rounds run"):
+        read_bundle(bundle)
+
+
 # -- clinical metrics in the coordinator's summary ----------------------------------------------
 
 
