@@ -91,10 +91,16 @@ chaos-quick: bench-install broker
 bench-masking: bench-install
 	$(BIN)/python -m bench.masking $(BENCH_ARGS)
 
-# The whole suite, container and Kubernetes tests included (`-m ""` lifts pyproject's default
-# `-m "not cluster"`, which keeps a plain `pytest` free of the Docker engine).
+# The whole suite, container and Kubernetes tests included (`-m "not long"` lifts pyproject's
+# default `-m "not cluster and not long"`, which keeps a plain `pytest` free of the Docker
+# engine). The long variants (the compose test with docker-compose 1.29, two more TFF server
+# optimizers) run with `make test-long`.
 test: install bench-install tff-env broker cluster-env monitor-env
-	HEFL_TFF_VENV=$(abspath $(TFF_VENV)) $(BIN)/python -m pytest -m "" $(PYTEST_ARGS)
+	HEFL_TFF_VENV=$(abspath $(TFF_VENV)) $(BIN)/python -m pytest -m "not long" $(PYTEST_ARGS)
+
+.PHONY: test-long
+test-long: install bench-install tff-env broker cluster-env monitor-env
+	HEFL_TFF_VENV=$(abspath $(TFF_VENV)) $(BIN)/python -m pytest -m long $(PYTEST_ARGS)
 
 tff-env:
 	bash tools/setup_tff_env.sh $(TFF_VENV)

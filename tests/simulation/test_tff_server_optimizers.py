@@ -107,7 +107,14 @@ def run_both(root: Path, server: ServerOptimizerConfig) -> dict[str, Any]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+@pytest.mark.parametrize(  # `make test` checks FedAdam; `make test-long` the other two too
+    "name",
+    [
+        pytest.param("fedavgm", marks=pytest.mark.long),
+        "fedadam",
+        pytest.param("fedyogi", marks=pytest.mark.long),
+    ],
+)
 def test_our_server_optimizer_matches_tffs_round_by_round(tmp_path: Path, name: str) -> None:
     server = OPTIMIZERS[name]
     result = run_both(tmp_path, server)
