@@ -1,13 +1,13 @@
 """Chaos soak: a BFV federation under many faults at once, against the same run without any.
 
 Real ``hefl coordinator`` and ``hefl hospital`` processes on a three-node RabbitMQ cluster with
-quorum queues (``testkit.soak``) train a small MLP (32 hidden units, 3 local epochs) on a fixed
-Diabetes-130 sample. A seeded scheduler (``testkit.chaos``) SIGKILLs hospitals, the coordinator and
-broker nodes, freezes processes (SIGSTOP, SIGCONT), fails the store (the fake Google Drive answers
-bursts of 503 and drops connections; the local store's tmpfs fills up), each timed to a moment of a
-round (training, upload, aggregation, state write), and restarts or clears it after a hold. Each
-seed's store cycles through ``--stores``. The fault-free run is the reference: with BFV the final
-models must agree to 1e-6 and every round must keep every hospital.
+quorum queues (``testkit.soak``) train a small MLP (32 hidden units; 10 local epochs, 3 with
+``--quick``) on a fixed Diabetes-130 sample. A seeded scheduler (``testkit.chaos``) SIGKILLs
+hospitals, the coordinator and broker nodes, freezes processes (SIGSTOP, SIGCONT), fails the store
+(the fake Google Drive answers bursts of 503 and drops connections; the local store's tmpfs fills
+up), each timed to a moment of a round (training, upload, aggregation, state write), and restarts
+or clears it after a hold. Each seed's store cycles through ``--stores``. The fault-free run is the
+reference: with BFV the final models must agree to 1e-6 and every round must keep every hospital.
 
     .venv/bin/python -m bench.chaos [--quick] [--seeds 1,2,3] [--hospitals 8] [--rounds 20]
 
@@ -48,10 +48,11 @@ class Plan:
     patients: int
     gap: tuple[float, float]
     hold_scale: float
+    local_epochs: int
 
 
-FULL = Plan((1, 2, 3), 8, 20, 12, ("local", "drive"), 4000, (1.0, 6.0), 1.0)
-QUICK = Plan((1,), 4, 10, 5, ("local",), 3000, (0.3, 1.5), 0.5)
+FULL = Plan((1, 2, 3), 8, 20, 12, ("local", "drive"), 4000, (0.5, 3.0), 1.0, 10)
+QUICK = Plan((1,), 4, 10, 5, ("local",), 3000, (0.3, 1.5), 0.5, 3)
 
 
 def soak(plan: Plan, root: Path, log: Any = print) -> dict[str, Any]:
@@ -62,6 +63,7 @@ def soak(plan: Plan, root: Path, log: Any = print) -> dict[str, Any]:
         hospitals=plan.hospitals,
         rounds=plan.rounds,
         patients=plan.patients,
+        local_epochs=plan.local_epochs,
     )
     runs = []
     with broker_cluster() as brokers:
@@ -101,6 +103,7 @@ def soak(plan: Plan, root: Path, log: Any = print) -> dict[str, Any]:
             "patients": plan.patients,
             "broker_nodes": 3,
             "tolerance": TOLERANCE,
+            "local_epochs": plan.local_epochs,
         },
         "reference_seconds": round(reference.seconds, 1),
         "runs": runs,

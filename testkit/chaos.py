@@ -94,15 +94,16 @@ def plan_faults(
     gap: tuple[float, float] = (2.0, 10.0),
     hold_scale: float = 1.0,
 ) -> list[Fault]:
-    """``count`` faults drawn from ``kinds`` (each kind at least once when ``count`` allows),
-    in a seeded order, holding ``hold_scale`` times their kind's ``HOLDS``; the same arguments
-    give the same list."""
+    """``count`` faults drawn from ``kinds``: each kind once (when ``count`` allows), then random
+    ones, in a seeded order, holding ``hold_scale`` times their kind's ``HOLDS``; the same
+    arguments give the same list."""
     unknown = sorted(set(kinds) - set(KINDS))
     if unknown or not kinds:
         raise ValueError(f"unknown fault kinds {unknown}; known: {', '.join(KINDS)}")
     rng = random.Random(seed)
-    chosen = list(kinds)[:count] + [rng.choice(list(kinds)) for _ in range(count - len(kinds))]
-    rng.shuffle(chosen)
+    # Every kind once first (in a seeded order), so a run that ends early has still seen each.
+    chosen = rng.sample(list(kinds), len(kinds))[:count]
+    chosen += [rng.choice(list(kinds)) for _ in range(count - len(chosen))]
     faults = []
     for kind in chosen:
         if kind in ("kill-hospital", "pause"):

@@ -47,7 +47,7 @@ TMPFS_SIZE: Final = "64m"
 FILLER: Final = ".chaos-filler"  # a dot name: the store's listing never takes it for a key
 RESTART_DELAY: Final = 1.0
 #: Heavier than the process tests' model: rounds of seconds, so faults land inside them.
-MODEL_FLAGS: Final = ("--hidden", "32", "--batch-size", "32", "--local-epochs", "3")
+MODEL_FLAGS: Final = ("--hidden", "32", "--batch-size", "32")
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,7 @@ class SoakConfig:
     faults: Sequence[Fault] = ()
     patients: int = 4000
     data_seed: int = 5  # the sample and the split: fixed, so every soak trains the same model
+    local_epochs: int = 3  # more: longer rounds, more room for faults inside them
     timeout: float = 3600.0
 
 
@@ -207,7 +208,7 @@ def run_soak(config: SoakConfig, brokers: BrokerCluster | None = None) -> SoakRe
             site=site,
             hospitals=config.hospitals,
             rounds=config.rounds,
-            model_flags=MODEL_FLAGS,
+            model_flags=(*MODEL_FLAGS, "--local-epochs", str(config.local_epochs)),
         )
         stack.callback(cluster.stop_all)
         drive = None

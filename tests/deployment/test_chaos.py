@@ -24,7 +24,7 @@ def test_the_fault_plan_is_seeded_bounded_and_covers_every_kind_asked_for() -> N
     plan = plan_faults(7, count=12, kinds=kinds, hospitals=names, broker_nodes=3)
     assert plan == plan_faults(7, count=12, kinds=kinds, hospitals=names, broker_nodes=3)
     assert plan != plan_faults(8, count=12, kinds=kinds, hospitals=names, broker_nodes=3)
-    assert len(plan) == 12 and {f.kind for f in plan} == set(kinds)
+    assert len(plan) == 12 and {f.kind for f in plan[: len(kinds)]} == set(kinds)  # first
     for fault in plan:
         assert fault.moment in KINDS[fault.kind]
         if fault.kind == "kill-hospital":
