@@ -107,7 +107,8 @@ class Soak:
     def inject(self, fault: Fault) -> None:
         if fault.kind in ("kill-hospital", "kill-coordinator"):
             self.down.add(fault.target)
-            self.cluster.kill(fault.target)
+            with contextlib.suppress(ProcessLookupError):  # it had ended by itself
+                self.cluster.kill(fault.target)
         elif fault.kind == "kill-broker-node":
             self.wait_nodes()
             self.brokers.kill(self._node(fault))

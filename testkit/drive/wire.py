@@ -11,6 +11,7 @@ import contextlib
 import json
 import re
 import socket
+import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 
@@ -43,6 +44,12 @@ class Server(ThreadingHTTPServer):
     def __init__(self, service: Service) -> None:
         super().__init__(("127.0.0.1", 0), Handler)  # loopback only, ephemeral port
         self.service = service
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hung up (a killed process, a dropped connection) is no error of ours."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
 
 class Dropped(Exception):
