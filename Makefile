@@ -94,9 +94,9 @@ bench-masking: bench-install
 # The whole suite, container and Kubernetes tests included (`-m "not long"` lifts pyproject's
 # default `-m "not cluster and not long"`, which keeps a plain `pytest` free of the Docker
 # engine). The long variants (the compose test with docker-compose 1.29, two more TFF server
-# optimizers) run with `make test-long`.
+# optimizers) run with `make test-long`. The 25 slowest tests are listed at the end.
 test: install bench-install tff-env broker cluster-env monitor-env
-	HEFL_TFF_VENV=$(abspath $(TFF_VENV)) $(BIN)/python -m pytest -m "not long" $(PYTEST_ARGS)
+	HEFL_TFF_VENV=$(abspath $(TFF_VENV)) $(BIN)/python -m pytest -m "not long" --durations=25 $(PYTEST_ARGS)
 
 .PHONY: test-long
 test-long: install bench-install tff-env broker cluster-env monitor-env
