@@ -10,8 +10,8 @@ ends well. The same seed gives the same plan; when a fault lands depends on the 
 Moments are read from the coordinator's persisted state, as an operator would: ``training`` (the
 round is open and the target has not said it is ready), ``upload`` (the participants are fixed
 and the target's update is not in yet), ``aggregation`` (all but one update are in: the next one
-closes the round; a hospital hit then has mostly had its update accepted already), ``state-
-write`` (right after the state file changed).
+closes the round; a hospital hit then has mostly had its update accepted already),
+``state-write`` (right after the state file changed).
 """
 
 from __future__ import annotations
