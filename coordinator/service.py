@@ -101,6 +101,9 @@ class Coordinator:
         self._max_blob = aggregator.spec.max_blob_bytes(plan.value_count)
         self._sum: RunningSum = aggregator.new_sum()
         self._hello_at: dict[str, float] = {}
+        # A second Hello within the interval (a hospital restarted at once): answered when the
+        # interval is over, so a restarted hospital still learns the round; more are refused.
+        self._deferred_hellos: dict[str, str] = {}  # hospital -> the run it said hello for
         self._seen: dict[str, float] = {}  # when each hospital's last signed message came
         self.meter = statuses.Meter()
         self._failures: dict[str, str] = {}  # this round's UpdateFailed errors, for the operator
@@ -136,6 +139,10 @@ class Coordinator:
         submissions queued meanwhile are then counted before a deadline can fail the round.
         """
         now = self._clock()
+        for hospital, run in list(self._deferred_hellos.items()):
+            if now - self._hello_at.get(hospital, -float("inf")) >= self.plan.hello_interval:
+                del self._deferred_hellos[hospital]
+                self._on_hello(Hello(run=run, hospital=hospital))
         if self._unsaved_rejections and now - self._saved_at >= REJECTION_SAVE_SECONDS:
             self._persist()
         judged_at = now if deadlines else -float("inf")
@@ -210,7 +217,12 @@ class Coordinator:
             return
         now = self._clock()
         if now - self._hello_at.get(msg.hospital, -float("inf")) < self.plan.hello_interval:
-            # A re-announcement goes to every hospital: a chatty one must not flood them.
+            # A re-announcement goes to every hospital: a chatty one must not flood them. One
+            # Hello waits for the interval's end (a restarted hospital must learn the round).
+            if msg.hospital not in self._deferred_hellos:
+                self._deferred_hellos[msg.hospital] = msg.run
+                self._log("hello_deferred", hospital=msg.hospital)
+                return
             self._reject(
                 "hello-rate",
                 f"{msg.hospital} said hello again within {self.plan.hello_interval:g} s",

@@ -35,7 +35,7 @@ from common.protocol.messages import (
     UpdateSubmitted,
 )
 from common.store import InMemoryStore
-from common.transport import ANNOUNCE
+from common.transport import ANNOUNCE, SUBMIT
 from hospital_node.service import Hospital
 from tests.protocol.test_round_protocol import FOUR, Cluster, codec, make_plan, reference_fedavg
 
@@ -288,13 +288,16 @@ def test_a_curious_hospital_with_a_copy_of_the_store(keys: Path, masking: bool) 
     np.testing.assert_allclose(total, expected, atol=1e-6)
 
 
+@pytest.mark.parametrize("restart_after", [15.0, 1.0], ids=["later", "within-hello-interval"])
 def test_a_participant_restarted_after_training_waits_for_the_round_and_is_not_lost(
-    keys: Path, caplog: pytest.LogCaptureFixture
+    keys: Path, caplog: pytest.LogCaptureFixture, restart_after: float
 ) -> None:
     """h4 trained, said it was ready and died; the participant set was queued for it meanwhile.
     Restarted, it meets that set first, without a trained update: it reports no failure but
     waits for the re-announcement its Hello brings, trains again (seeded, the same update) and
-    masks for the same set. The round keeps all four, in one attempt."""
+    masks for the same set. The round keeps all four, in one attempt. Restarted within the
+    hello interval of its first Hello (the chaos soak's case), its Hello is answered when the
+    interval is over rather than refused."""
     cluster = masked_cluster(keys, rounds=2)
     add_all(cluster, keys, h4=GoneAfterReady)
     coordinator = cluster.start_coordinator(open_aggregator(keys / "coordinator"))
@@ -303,7 +306,11 @@ def test_a_participant_restarted_after_training_waits_for_the_round_and_is_not_l
     assert isinstance(gone, GoneAfterReady) and gone.fixed_seen is not None
     assert set(coordinator.state.accepted_hospitals) == {"h1", "h2", "h3"}
 
-    cluster.now[0] += 15.0  # the new process starts, before the mask deadline
+    # The old process's last Hello (the interval counts from it), then the new process starts.
+    hello = codec("h4").encode(Hello(run="run-1", hospital="h4"))
+    cluster.transport.publish(SUBMIT, hello, sender="h4")
+    cluster.transport.deliver_all()
+    cluster.now[0] += restart_after  # before the mask deadline
     cluster.add_hospital("h4", cipher=RecordingCipher(open_cipher(keys / "hospital")), hello=True)
     restarted = cluster.hospitals["h4"]
     with caplog.at_level(logging.WARNING):
@@ -312,7 +319,12 @@ def test_a_participant_restarted_after_training_waits_for_the_round_and_is_not_l
     sent = [codec("coordinator").decode(body) for _, body, _ in cluster.transport._queue]  # type: ignore[attr-defined]
     assert not [m for m in sent if isinstance(m, UpdateFailed)]
 
+    cluster.transport.deliver_all()
+    assert "h4" not in coordinator.state.accepted_hospitals or restart_after > 10.0
+    cluster.now[0] += 10.0  # the hello interval is over: a deferred Hello is answered
+    coordinator.tick()
     coordinator = cluster.run_to_end()
+    assert coordinator.state.rejected == {}
     assert coordinator.state.phase == "done", coordinator.state.error
     assert [r.accepted for r in coordinator.state.history] == [FOUR, FOUR]
     assert [r.attempts for r in coordinator.state.history] == [1, 1]
