@@ -49,6 +49,8 @@ from hefl.cli.types import (
 #: Simulated hospitals, shards and issued identities when ``--hospitals`` is not given.
 DEFAULT_HOSPITALS: Final = 4
 DEFAULT_ROUNDS: Final = 10
+#: Early stopping's patience when ``--patience`` is not given (0: off).
+DEFAULT_PATIENCE: Final = 0
 DEFAULT_SEED: Final = 42
 DEFAULT_SCHEMA: Final = "diabetes130"
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -162,7 +164,7 @@ FLAGS: Final[Mapping[str, Flag]] = {
             "lower the hospitals' mean hold-out loss by more than --min-delta; the final model "
             "is then the best round's (0: off, run every round)",
             type=non_negative_int,
-            default=0,
+            default=DEFAULT_PATIENCE,
         ),
         Flag(
             name="min_delta",

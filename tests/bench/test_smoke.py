@@ -81,7 +81,8 @@ def scaling(out: Path) -> Doc:
 
 @pytest.fixture(scope="module")
 def quality(out: Path) -> Doc:
-    args = ("--cells", "4:iid", "--patients", "400", "--rounds", "1", "--hidden", "8")
+    args = ("--cells", "4:iid", "--patients", "400", "--rounds", "3", "--patience", "1")
+    args += ("--hidden", "8", "--server-optimizer", "fedavgm", "--server-momentum", "0.5")
     args += ("--ckks-prime-bits", "56")  # 400 patients: the default's error would dominate
     return run("model_quality", out, *args)
 
@@ -172,11 +173,33 @@ def test_scaling_benchmark_runs_every_cell_in_its_own_process(scaling: Doc) -> N
     assert all(c["speedup_vs_tenseal"] > 0 for c in ours)
 
 
-def test_quality_benchmark_reports_every_method(quality: Doc) -> None:
+def test_quality_benchmark_reports_every_method_the_target_and_the_rounds_needed(
+    quality: Doc,
+) -> None:
     (cell,) = quality["cells"]
-    assert set(cell["auc"]) == {"encrypted", "plaintext", "centralized", "local_mean"}
+    auc = cell["auc"]
+    assert set(auc) == {
+        "encrypted",
+        "plaintext",
+        "centralized",
+        "logistic",
+        "boosting",
+        "local_mean",
+    }
+    assert all(0 < value < 1 for value in auc.values()), auc
     assert cell["auc_difference"] <= 1e-3
     assert cell["max_abs_weight_difference"] < 1e-3
+    # The verdict follows from the figures: within 0.01 of the MLP and at least the LR.
+    expected = auc["encrypted"] >= auc["centralized"] - 0.01 and auc["encrypted"] >= auc["logistic"]
+    assert cell["meets_target"] is expected
+    assert quality["targets_met"] == int(expected)
+    # The flags reached the run: the server optimizer, and early stopping's rounds.
+    server = quality["config"]["model"]["server_optimizer"]
+    assert server["name"] == "fedavgm" and server["momentum"] == 0.5
+    assert cell["max_rounds"] == 3 and 1 <= cell["final_round"] <= cell["rounds_run"] <= 3
+    assert cell["stopped"] in ("max-rounds", "early-stopping")
+    if cell["stopped"] == "early-stopping":
+        assert cell["rounds_run"] == cell["final_round"] + 1  # patience 1
 
 
 @pytest.fixture(scope="module")
