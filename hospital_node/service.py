@@ -135,6 +135,7 @@ class Hospital:
         self._out_dir = out_dir
         self._clock = clock
         self._answered: set[int] = set()
+        self._precision_warned = False  # the coarse-precision warning: once, then debug lines
         self._masks = masks
         self._trained: _Trained | None = None
         self._masked: tuple[int, int] = (0, 0)  # the (round, attempt) last uploaded
@@ -192,15 +193,21 @@ class Hospital:
         return self._globals.after(self.run, round_, ref, sha256, chain).trainable
 
     def _precision(self, round_: int, error: float) -> None:
-        if error > IMPRECISE_AVERAGE:
-            self._log(
-                "imprecise_average",
-                level=logging.WARNING,
-                round=round_,
-                error=f"{error:.2g}",
-                hint="the federation's rows are few for this encryption's precision: a key "
-                "ceremony with a larger --ckks-prime-bits lowers it (docs/encoding.md)",
-            )
+        if error <= IMPRECISE_AVERAGE:
+            return
+        if self._precision_warned:  # the same cause every round: said once at warning level
+            self._log("imprecise_average", level=logging.DEBUG, round=round_, error=f"{error:.2g}")
+            return
+        self._precision_warned = True
+        self._log(
+            "imprecise_average",
+            level=logging.WARNING,
+            round=round_,
+            error=f"{error:.2g}",
+            hint="the federation's rows are few for this encryption's precision: a key "
+            "ceremony with a larger --ckks-prime-bits lowers it (docs/encoding.md); "
+            "later rounds log it at debug level",
+        )
 
     def _on_round(self, msg: RoundStarted) -> None:
         if msg.round in self._answered:

@@ -232,11 +232,16 @@ def test_a_hospital_warns_when_the_default_precision_is_coarse_for_few_rows(
     tmp_path: Path, reference: np.ndarray, caplog: pytest.LogCaptureFixture
 ) -> None:
     # The default 36-bit prime over FedAvg weights summing to 0.03 (300 rows): each hospital
-    # says so, naming the remedy, and the run still ends near the reference.
-    with caplog.at_level(logging.WARNING, logger="hefl.hospital"):
+    # says so once, naming the remedy (later rounds at debug level), and the run still ends
+    # near the reference.
+    with caplog.at_level(logging.DEBUG, logger="hefl.hospital"):
         final = encrypted_run(tmp_path, HEConfig())
-    warnings = [r for r in caplog.records if "imprecise_average" in r.getMessage()]
-    assert warnings and "--ckks-prime-bits" in warnings[0].getMessage()
+    said = [r for r in caplog.records if "imprecise_average" in r.getMessage()]
+    warnings = [r for r in said if r.levelno == logging.WARNING]
+    assert len(warnings) == 3, [r.getMessage() for r in warnings]  # one per hospital
+    assert {w.getMessage().split("hospital=")[1].split()[0] for w in warnings} == {"h1", "h2", "h3"}
+    assert all("--ckks-prime-bits" in w.getMessage() for w in warnings)
+    assert len(said) > len(warnings)  # every round's aggregate was imprecise: the rest at debug
     assert 1e-6 < np.max(np.abs(final - reference)) < 0.5
 
 
