@@ -37,7 +37,7 @@ from common.server_optimizer import SERVER_OPTIMIZERS, ServerOptimizerConfig
 from hefl.baselines import BOOSTING, LOGISTIC
 from hefl.cli.flags import DEFAULT_PATIENCE, DEFAULT_ROUNDS
 from hefl.compare import run_comparison
-from hefl.reporting import CENTRALIZED, MEAN_ALONE
+from hefl.reporting import CENTRALIZED, MEAN_ALONE, federated_method
 from hefl.simulation import SimulationConfig
 
 NAME = "model_quality"
@@ -89,12 +89,10 @@ def run_cell(
     summary = run_comparison(config, emit=lines.append)
     seconds = time.perf_counter() - started
     by_method = {row["method"]: row["auc"] for row in summary["results"]}
-    encrypted, plaintext = (
-        next(m for m in by_method if m.startswith(prefix)) for prefix in ("encrypted", "plaintext")
-    )
+    server = model.server_optimizer.name
     auc = {
-        "encrypted": by_method[encrypted],
-        "plaintext": by_method[plaintext],
+        "encrypted": by_method[federated_method("encrypted", server, scheme=he.scheme)],
+        "plaintext": by_method[federated_method("plaintext", server)],
         "centralized": by_method[CENTRALIZED],
         "logistic": by_method[LOGISTIC],
         "boosting": by_method[BOOSTING],
@@ -196,7 +194,8 @@ def model_from(args: Any) -> ModelConfig:
         "local_epochs": args.local_epochs,
     }
     model = replace(model, **{k: v for k, v in overrides.items() if v is not None})
-    if args.server_optimizer or args.server_lr or args.server_momentum is not None:
+    server_flags = (args.server_optimizer, args.server_lr, args.server_momentum)
+    if any(flag is not None for flag in server_flags):
         server = ServerOptimizerConfig(
             name=args.server_optimizer or model.server_optimizer.name,
             learning_rate=args.server_lr,
